@@ -1,0 +1,36 @@
+"""The `curate` command line: one thin module per command, errors mapped to exit codes.
+
+Exit codes: 0 ok, 2 bad input or config (one line naming the file, row or flag and the fix), 1 unexpected failure
+(one line; set CURATE_DEBUG=1 for the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from curate.cli import _common
+
+app = typer.Typer(
+    name="curate",
+    help="Learn which training data an LLM should see: per-source weights (ScaleBiO) and baselines, compared "
+    "on your target, exported as Parquet or Hugging Face datasets.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _register() -> None:
+    from curate.cli import compare, demo, export, ingest, resample, reweight, sources
+
+    for mod in (ingest, sources, reweight, resample, export, compare, demo):
+        mod.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _common.run_app(app)

@@ -1,0 +1,72 @@
+"""Options spelled the same on every command, the error guard, and the shared Rich consoles."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from curate.errors import CurateError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+Db = Annotated[Path, typer.Option("--db", help="DuckDB file (created if missing).", envvar="CURATE_DB")]
+Out = Annotated[Path | None, typer.Option("--out", help="Folder to write (default: a new folder under runs/).")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed and input give the same output.")]
+ConfigPath = Annotated[Path | None, typer.Option("--config", help="YAML config; trailing key=value overrides it.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the final path.")]
+
+DEFAULT_DB = Path("curate.duckdb")
+
+
+def guarded(fn: F) -> F:
+    """Run a command body, turning CurateError into one line and exit 2, anything else into exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CurateError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # noqa: BLE001 - the one place unexpected failures are reported
+            if os.environ.get("CURATE_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            err.print(f"[bold red]unexpected error:[/] {type(e).__name__}: {_scrub(first)} "
+                      "(set CURATE_DEBUG=1 for the traceback)", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _scrub(text: str) -> str:
+    from curate.secrets import scrub
+
+    return scrub(text)
+
+
+def setup_logging(quiet: bool) -> None:
+    """Library logs go to stderr; ``--quiet`` keeps only warnings."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
+                        force=True)
+
+
+def run_app(app: typer.Typer) -> None:
+    """Entry point wrapper (kept separate so tests can call the Typer app directly)."""
+    app()

@@ -1,0 +1,181 @@
+"""Causal-LM helpers shared by ScaleBiO, the baselines and the evals.
+
+Prompt formatting (chat template when the tokenizer has one, else an Alpaca-style template), response-only labels,
+collation, the per-example response-token-mean loss (ALGORITHMS.md §2.2: mean over valid label tokens only, never
+over padding), generic discovery of a decoder's block list for LISA, and the tiny Llama + tokenizer used by tests
+and the demo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE = -100
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{prompt}\n\n### Response:\n"
+)
+# Short template for tiny models trained from scratch: the Alpaca header would be most of every sequence.
+PLAIN_PROMPT = "{prompt}\n### Response:\n"
+TEMPLATES = {"alpaca": ALPACA_PROMPT, "plain": PLAIN_PROMPT}
+
+# Attribute paths of the decoder block list in common HF architectures (LISA freezes/unfreezes these).
+BLOCK_PATHS = (
+    "model.layers",  # Llama, Qwen2, Gemma, Mistral, Phi3
+    "transformer.h",  # GPT-2, GPT-J, Falcon, Bloom
+    "gpt_neox.layers",  # Pythia / GPT-NeoX
+    "model.decoder.layers",  # OPT
+    "transformer.blocks",  # MPT
+    "model.language_model.layers",  # multimodal wrappers
+)
+
+
+def encode_example(
+    tokenizer: Any, prompt: str, response: str, max_len: int, template: str = "auto"
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one example, with prompt tokens masked so loss is on the response only.
+
+    ``template="auto"`` uses the tokenizer's chat template when it has one (the model was tuned on it), else the
+    Alpaca template. Sequences longer than ``max_len`` are truncated from the right; an example whose response is
+    truncated away entirely keeps no label tokens and so contributes loss 0.
+    """
+    if template == "auto" and getattr(tokenizer, "chat_template", None):
+        msgs = [{"role": "user", "content": prompt}]
+        head = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True)
+        head, full = _ids(head), _ids(full)
+        if full[: len(head)] != head:  # template re-tokenised the boundary; fall back to concatenation
+            full = head + tokenizer.encode(response, add_special_tokens=False)
+    else:
+        fmt = TEMPLATES["alpaca" if template == "auto" else template]
+        head = tokenizer.encode(fmt.format(prompt=prompt), add_special_tokens=False)
+        full = head + tokenizer.encode(response, add_special_tokens=False)
+        if tokenizer.eos_token_id is not None:
+            full = full + [tokenizer.eos_token_id]
+    ids = full[:max_len]
+    labels = [IGNORE] * min(len(head), len(ids)) + ids[len(head) :]
+    return ids, labels
+
+
+def _ids(out: Any) -> list[int]:
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
+
+
+def prompt_ids(tokenizer: Any, prompt: str, template: str = "auto") -> list[int]:
+    """Token ids of the formatted prompt alone (the generation prefix used by evals)."""
+    if template == "auto" and getattr(tokenizer, "chat_template", None):
+        msgs = [{"role": "user", "content": prompt}]
+        return _ids(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
+    fmt = TEMPLATES["alpaca" if template == "auto" else template]
+    return tokenizer.encode(fmt.format(prompt=prompt), add_special_tokens=False)
+
+
+def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of (ids, labels) pairs into ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token next-token NLL (fp32) and the matching validity mask, both shaped ``[B, T-1]``."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1, :].float()
+    target = batch["labels"][:, 1:]
+    valid = target != IGNORE
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.clamp_min(0).reshape(-1), reduction="none"
+    ).view_as(target)
+    return nll * valid, valid
+
+
+def per_example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Response-token-mean NLL of each example, shape ``[B]``; 0 for an example with no response tokens.
+
+    This is the research4pan estimator (ALGORITHMS.md §2.2), not the 2003pro padded mean.
+    """
+    nll, valid = token_losses(model, batch)
+    n = valid.sum(dim=1)
+    return nll.sum(dim=1) / n.clamp_min(1)
+
+
+def token_mean_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean NLL over all response tokens in the batch (the upper-level loss L1 of ALGORITHMS.md §1.4)."""
+    nll, valid = token_losses(model, batch)
+    return nll.sum() / valid.sum().clamp_min(1)
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder's list of transformer blocks, found generically for any HF causal LM.
+
+    Tries the known attribute paths first, then falls back to the largest ``nn.ModuleList`` whose children all
+    share one class (what every decoder stack looks like). Raises ``ValueError`` when nothing qualifies.
+    """
+    for path in BLOCK_PATHS:
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    best: nn.ModuleList | None = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best)):
+                best = module
+    if best is None:
+        raise ValueError(f"cannot find the transformer block list of {type(model).__name__}")
+    return best
+
+
+def tiny_llama(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, max_len: int = 256,
+               seed: int = 0, pad_id: int = 0, eos_id: int = 1) -> nn.Module:
+    """A small random-init Llama for tests and the demo (no download), deterministic for a given seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_len,
+        pad_token_id=pad_id, bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=False,
+    )
+    cfg._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg)
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 512) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` in about a second, digits split one per token.
+
+    Splitting digits (as Llama does) lets a tiny model learn arithmetic; specials are ``<pad>`` (0) and
+    ``<eos>`` (1).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<eos>")
