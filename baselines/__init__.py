@@ -5,7 +5,7 @@ Every method is called the same way and returns the same plain result (ALGORITHM
     from baselines import BASELINES, run, MethodResult
     result = run("temperature", counts={"a": 100, "b": 10})                  # default config
     result = run("rho", RhoConfig(reference_steps=50), counts=counts, model=model, train=pool, target=val)
-    result.weights     # dict[str, float]: per-source weights on the simplex, keys = counts' keys, in that order
+    result.weights     # dict[str, float] on the simplex, keys = counts' keys, in that order
     result.scores      # list[(example_id, source, score)] for example-level methods (less, rho), else None
     result.selected    # example ids chosen by less/rho, best first, else None
     result.trajectory  # per-step records of doremi, else None
@@ -15,7 +15,8 @@ Inputs:
 - ``counts``: examples per source. Per-source methods (uniform, proportional, temperature) need nothing else.
 - ``model``: the base causal LM (HF-style: ``model(input_ids=, attention_mask=).logits``); never modified, the
   model-based methods work on deep copies.
-- ``train``: the pool as a :class:`~solvers.data.TokenizedSet` whose sources and per-source sizes match ``counts``.
+- ``train``: the pool as a :class:`~solvers.data.TokenizedSet`; its sources and per-source sizes must match
+  ``counts``.
 - ``target``: the clean / in-domain :class:`~solvers.data.TokenizedSet` (LESS, RHO; DoReMi only with
   ``reference_data="target"``).
 - ``on_step``: optional callback receiving one ``dict`` per optimisation step (``stage``, ``step``, metrics).
@@ -48,8 +49,18 @@ from baselines.simple import (
 from solvers.data import TokenizedSet
 
 __all__ = [
-    "BASELINES", "DoremiConfig", "ExampleId", "LessConfig", "Method", "MethodResult", "ProportionalConfig",
-    "RhoConfig", "StepCallback", "TemperatureConfig", "UniformConfig", "run",
+    "BASELINES",
+    "DoremiConfig",
+    "ExampleId",
+    "LessConfig",
+    "Method",
+    "MethodResult",
+    "ProportionalConfig",
+    "RhoConfig",
+    "StepCallback",
+    "TemperatureConfig",
+    "UniformConfig",
+    "run",
 ]
 
 
@@ -78,9 +89,16 @@ BASELINES: dict[str, Method] = {
 }
 
 
-def run(method_name: str, cfg: Any = None, *, counts: Mapping[str, int], model: Any = None,
-        train: TokenizedSet | None = None, target: TokenizedSet | None = None,
-        on_step: StepCallback | None = None) -> MethodResult:
+def run(
+    method_name: str,
+    cfg: Any = None,
+    *,
+    counts: Mapping[str, int],
+    model: Any = None,
+    train: TokenizedSet | None = None,
+    target: TokenizedSet | None = None,
+    on_step: StepCallback | None = None,
+) -> MethodResult:
     """Run the baseline ``method_name`` with ``cfg`` (``None``: its default config).
 
     Args:

@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS examples (
-    example_id VARCHAR PRIMARY KEY, source VARCHAR NOT NULL, split VARCHAR NOT NULL,
+    example_id VARCHAR NOT NULL, source VARCHAR NOT NULL, split VARCHAR NOT NULL,
     prompt VARCHAR, response VARCHAR, text VARCHAR, messages VARCHAR,
     content_hash VARCHAR NOT NULL, n_chars BIGINT, origin VARCHAR, origin_row BIGINT
 );

@@ -92,9 +92,11 @@ def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
 
 
 def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token next-token NLL (fp32) and the matching validity mask, both shaped ``[B, T-1]``."""
+    """Per-token next-token NLL (fp32, or fp64 for an fp64 model) and the validity mask, both ``[B, T-1]``."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1, :].float()
+    logits = out.logits[:, :-1, :]
+    if logits.dtype != torch.float64:  # upcast bf16/fp16 for the softmax; never downcast fp64 (gradient checks)
+        logits = logits.float()
     target = batch["labels"][:, 1:]
     valid = target != IGNORE
     nll = F.cross_entropy(

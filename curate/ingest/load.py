@@ -115,7 +115,15 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: 
     if schema == "auto":
         schema = detect_schema(con, "raw", origin)
     query, args = normalized_select(schema, max_chars, default_source, split)
-    con.execute(f"CREATE TEMP TABLE norm AS SELECT *, {_dup_expr()} AS duplicate FROM ({query}) q", args)
+    # A duplicate repeats an earlier kept row of the same source and split, in this file or already stored.
+    con.execute(
+        f"""CREATE TEMP TABLE norm AS
+            SELECT q.*, q.reason IS NULL AND (e.content_hash IS NOT NULL OR row_number() OVER (
+                PARTITION BY q.source, q.split, q.content_hash ORDER BY q.origin_row) > 1) AS duplicate
+            FROM ({query}) q LEFT JOIN (SELECT DISTINCT source, split, content_hash FROM examples) e
+              ON q.reason IS NULL AND e.source = q.source AND e.split = q.split AND e.content_hash = q.content_hash""",
+        args,
+    )
     con.execute(
         """INSERT INTO examples SELECT md5(source || chr(31) || split || chr(31) || content_hash), source, split,
            prompt, response, text, messages, content_hash, n_chars, ?, origin_row
@@ -123,7 +131,7 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: 
         [origin],
     )
     con.execute(
-        "INSERT INTO rejects SELECT ?, origin_row, source, split, reason, left(raw, 2000) FROM norm "
+        "INSERT INTO rejects SELECT ?, origin_row, source, split, reason, raw FROM norm "
         "WHERE reason IS NOT NULL",
         [origin],
     )
@@ -136,13 +144,6 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: 
         [digest, origin, default_source, schema],
     )
     return _report(con, origin, fmt, schema)
-
-
-def _dup_expr() -> str:
-    # A duplicate repeats an earlier row of the same source and split, in this file or already stored.
-    return """(reason IS NULL AND (
-        row_number() OVER (PARTITION BY source, split, content_hash, reason IS NULL ORDER BY origin_row) > 1
-        OR content_hash IN (SELECT content_hash FROM examples e WHERE e.source = q.source AND e.split = q.split)))"""
 
 
 def _report(con: duckdb.DuckDBPyConnection, origin: str, fmt: str, schema: str) -> FileReport:

@@ -57,19 +57,38 @@ def detect_schema(con: duckdb.DuckDBPyConnection, table: str, origin: str) -> st
     return votes.most_common(1)[0][0]
 
 
-def _str(field: str) -> str:
-    return f"(line->>'$.\"{field}\"')"
+FLAT_FIELDS = {  # flat schemas: the fields read in one json_extract per row; source is always last
+    "alpaca": ("instruction", "input", "output"),
+    "prompt_response": ("prompt", "response", "completion"),
+    "text": ("text",),
+}
 
 
-def _is_str(field: str) -> str:
-    return f"(json_type(line, '$.\"{field}\"') = 'VARCHAR')"
+def _flat_sql(schema: str) -> tuple[list[str], str, str, str]:
+    """(paths, prompt expr, response expr, reason WHEN-clauses) over ``jv`` (raw JSON) and ``sv`` (strings)."""
+    names = FLAT_FIELDS[schema]
+    paths = [f'$."{n}"' for n in (*names, "source")]
+    i = {n: k + 1 for k, n in enumerate(names)}
 
+    def present(n: str) -> str:
+        return f"(jv[{i[n]}] IS NOT NULL AND jv[{i[n]}] <> 'null')"
 
-def _field_reason(field: str, optional: bool = False) -> str:
-    missing = f"json_type(line, '$.\"{field}\"') IS NULL OR json_type(line, '$.\"{field}\"') = 'NULL'"
-    parts = [] if optional else [f"WHEN {missing} THEN 'missing field {field}'"]
-    parts.append(f"WHEN NOT ({missing}) AND NOT {_is_str(field)} THEN 'field {field} is not a string'")
-    return " ".join(parts)
+    def bad_type(n: str) -> str:
+        return f"WHEN {present(n)} AND NOT starts_with(jv[{i[n]}], '\"') THEN 'field {n} is not a string' "
+
+    def required(n: str) -> str:
+        return f"WHEN NOT {present(n)} THEN 'missing field {n}' " + bad_type(n)
+
+    if schema == "alpaca":
+        prompt = (f"sv[{i['instruction']}] || CASE WHEN coalesce(sv[{i['input']}], '') <> '' "
+                  f"THEN chr(10) || chr(10) || sv[{i['input']}] ELSE '' END")
+        return paths, prompt, f"sv[{i['output']}]", required("instruction") + bad_type("input") + required("output")
+    if schema == "prompt_response":
+        resp = f"coalesce(sv[{i['response']}], sv[{i['completion']}])"
+        reason = (required("prompt") + f"WHEN NOT {present('response')} AND NOT {present('completion')} "
+                  "THEN 'missing field response' " + bad_type("response") + bad_type("completion"))
+        return paths, f"sv[{i['prompt']}]", resp, reason
+    return paths, "''", f"sv[{i['text']}]", required("text")
 
 
 def _chat_sql(key: str, role: str, content: str) -> tuple[str, str, str, str]:
@@ -95,36 +114,28 @@ def _chat_sql(key: str, role: str, content: str) -> tuple[str, str, str, str]:
 def normalized_select(schema: str, max_chars: int, default_source: str, split: str) -> tuple[str, list]:
     """SQL selecting normalised rows with a ``reason`` (NULL when kept) from the raw table ``raw``.
 
-    Returns the query and its parameters.
+    Each line is parsed once for its fields (``json_extract`` with a list of paths); type checks look at the raw
+    JSON text of each field, so the whole file is one vectorised pass. Returns the query and its parameters.
     """
-    turns = "NULL"
-    messages = None
-    if schema == "alpaca":
-        prompt = (f"{_str('instruction')} || CASE WHEN coalesce({_str('input')}, '') <> '' "
-                  f"THEN chr(10) || chr(10) || {_str('input')} ELSE '' END")
-        response = _str("output")
-        reason = _field_reason("instruction") + " " + _field_reason("input", True) + " " + _field_reason("output")
-    elif schema == "prompt_response":
-        resp = f"coalesce({_str('response')}, {_str('completion')})"
-        prompt, response = _str("prompt"), resp
-        reason = (_field_reason("prompt") + " WHEN json_type(line, '$.response') IS NULL AND "
-                  "json_type(line, '$.completion') IS NULL THEN 'missing field response' "
-                  "WHEN NOT coalesce(json_type(line, '$.response') = 'VARCHAR', "
-                  "json_type(line, '$.completion') = 'VARCHAR') THEN 'field response is not a string'")
-    elif schema == "text":
-        prompt, response = "''", _str("text")
-        reason = _field_reason("text")
+    if schema in FLAT_FIELDS:
+        paths, prompt, response, reason = _flat_sql(schema)
+        plist = "[" + ", ".join(f"'{p}'" for p in paths) + "]"
+        extract = f"json_extract(line, {plist}) AS jv, json_extract_string(line, {plist}) AS sv, NULL AS turns"
+        src_raw, src_val = f"jv[{len(paths)}]", f"sv[{len(paths)}]"
+        messages = ("""CASE WHEN prompt = '' THEN NULL ELSE '[{"role":"user","content":' || to_json(prompt) || """
+                    """'},{"role":"assistant","content":' || to_json(response) || '}]' END""")
+        hashed = "prompt || chr(31) || response"
     elif schema in ("sharegpt", "messages"):
         key, role, content = ("conversations", "from", "value") if schema == "sharegpt" else (
             "messages", "role", "content")
         turns, prompt, response, reason = _chat_sql(key, role, content)
+        extract = (f"json_extract(line, '$.source') AS src_j, json_extract_string(line, '$.source') AS src_s, "
+                   f"NULL AS jv, NULL AS sv, {turns} AS turns")
+        src_raw, src_val = "src_j", "src_s"
         messages = f"to_json(list_transform(turns, lambda x: {{'role': {ROLE_MAP}, 'content': x.content}}))::VARCHAR"
+        hashed = "messages"
     else:
         raise DataError(f"unknown --schema {schema!r}; use auto or one of: {', '.join(SCHEMAS)}")
-    if messages is None:
-        messages = ("CASE WHEN prompt = '' THEN NULL ELSE to_json([{'role': 'user', 'content': prompt}, "
-                    "{'role': 'assistant', 'content': response}])::VARCHAR END")
-    src = "coalesce(line->>'$.source', ?)"
     query = f"""
     WITH valid AS (
         SELECT origin_row, line AS raw_line, pre_reason,
@@ -134,35 +145,31 @@ def normalized_select(schema: str, max_chars: int, default_source: str, split: s
         -- JSON functions only ever see well-formed objects, whatever order DuckDB evaluates CASE arms in.
         SELECT origin_row, raw_line, pre_reason, ok, CASE WHEN ok THEN raw_line ELSE '{{}}' END AS line FROM valid
     ), fields AS (
-        SELECT origin_row, raw_line, line, pre_reason, ok,
-               CASE WHEN ok THEN {turns} END AS turns
-        FROM parsed
+        SELECT *, {extract} FROM parsed
     ), base AS (
-        SELECT origin_row, raw_line, line, pre_reason, ok, turns,
-               CASE WHEN ok THEN {prompt} END AS prompt, CASE WHEN ok THEN {response} END AS response,
-               CASE WHEN ok THEN {src} ELSE ? END AS source
+        SELECT *, {prompt} AS prompt, {response} AS response, ({src_raw}) AS src_raw,
+               coalesce({src_val}, ?) AS source0
         FROM fields
     ), checked AS (
         SELECT *, CASE
             WHEN pre_reason IS NOT NULL THEN pre_reason
             WHEN NOT ok THEN 'malformed JSON'
             {reason}
-            WHEN json_type(line, '$.source') IS NOT NULL AND json_type(line, '$.source') <> 'VARCHAR'
+            WHEN src_raw IS NOT NULL AND src_raw <> 'null' AND NOT starts_with(src_raw, '"')
                 THEN 'field source is not a string'
-            WHEN NOT regexp_full_match(source, '{SOURCE_NAME_RE}') THEN 'invalid source name'
+            WHEN src_raw IS NOT NULL AND NOT regexp_full_match(source0, '{SOURCE_NAME_RE}') THEN 'invalid source name'
             WHEN trim(coalesce(response, '')) = '' THEN 'empty response'
             WHEN length(prompt) + length(response) > {int(max_chars)} THEN 'row over --max-chars'
             ELSE NULL END AS reason
         FROM base
+    ), final AS (
+        SELECT *, CASE WHEN reason IS NULL THEN {messages} END AS messages FROM checked
     )
-    SELECT origin_row, raw_line AS raw, reason,
-           CASE WHEN reason IN ('invalid source name', 'field source is not a string') THEN ? ELSE source END
-               AS source, ? AS split, prompt, response,
-           CASE WHEN reason IS NULL THEN {messages} END AS messages,
+    SELECT origin_row, CASE WHEN reason IS NOT NULL THEN left(raw_line, 2000) END AS raw, reason,
+           CASE WHEN reason IS NULL THEN source0 ELSE ? END AS source, ? AS split, prompt, response, messages,
            CASE WHEN prompt = '' THEN response ELSE prompt || chr(10) || chr(10) || response END AS text,
-           md5(coalesce(prompt, '') || chr(31) || coalesce(response, '') || chr(30) ||
-               coalesce(CASE WHEN reason IS NULL THEN {messages} END, '')) AS content_hash,
+           CASE WHEN reason IS NULL THEN md5({hashed}) END AS content_hash,
            length(prompt) + length(response) AS n_chars
-    FROM checked
+    FROM final
     """
-    return query, [default_source, default_source, default_source, split]
+    return query, [default_source, default_source, split]

@@ -1,0 +1,193 @@
+"""RHO-1-style selection by excess loss against a reference model (ALGORITHMS.md A.2 (b), SFT adaptation).
+
+Lin et al., NeurIPS 2024 (Selective Language Modeling), turned into an example-level selector:
+
+1. **Reference.** Fine-tune a copy of the base model on the target set (or a seeded ``reference_fraction``
+   of it, the rest held out as a diagnostic) for ``reference_steps`` AdamW steps.
+2. **Excess loss.** For every pool example x: ℓ_model(x) − ℓ_ref(x), with ℓ the response-token-mean NLL
+   (``aggregate="mean"``). ``aggregate="token_topk"`` is closer to SLM: tokens are ranked by excess across the
+   whole pool, the top ``token_keep`` share is kept, and an example scores the sum of its kept excesses
+   divided by its response-token count (the share of SLM's loss it would contribute).
+3. **Select.** The top ``select_fraction`` of the pool by excess (``select="top"``), or that many drawn
+   without replacement with probability ∝ softmax(excess/T) (``"sample"``, Gumbel top-k). ``weights`` are the
+   per-source shares of the selection, or with ``source_weights="excess"`` w_s ∝ max(mean excess of s, 0).
+
+``model`` is the model whose loss is compared: pass the base model, or a current training checkpoint for an
+online variant. The reference is always fine-tuned from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from baselines.base import (
+    MethodResult,
+    StepCallback,
+    check_choice,
+    check_counts,
+    check_fraction,
+    check_int,
+    check_pool,
+    check_positive,
+    example_id,
+    n_selected,
+    normalise,
+    require_inputs,
+    scores_table,
+    selection_weights,
+)
+from baselines.scoring import example_losses, example_token_losses, finetune, subset
+from solvers.data import TokenizedSet
+
+
+@dataclass(frozen=True)
+class RhoConfig:
+    """Settings of the RHO (reference-model excess loss) baseline."""
+
+    reference_steps: int = 200
+    """AdamW steps fitting the reference model on the target set."""
+    reference_lr: float = 1e-4
+    """Reference fine-tuning learning rate (tiny models trained from scratch need about 1e-3)."""
+    reference_batch_size: int = 16
+    """Target examples per reference step."""
+    reference_fraction: float = 1.0
+    """Share of the target (seeded draw) used to fit the reference; the rest is held out for ``info``."""
+    aggregate: Literal["mean", "token_topk"] = "mean"
+    """Per-example score: mean token excess, or SLM-style sum over globally top-``token_keep`` tokens."""
+    token_keep: float = 0.6
+    """Share of all pool tokens kept by ``aggregate="token_topk"`` (RHO-1 keeps 60–70%)."""
+    select: Literal["top", "sample"] = "top"
+    """``top``: the highest scores; ``sample``: draws ∝ softmax(score / temperature) without replacement."""
+    select_fraction: float = 0.05
+    """Share of the pool selected."""
+    temperature: float = 1.0
+    """Softmax temperature of ``select="sample"``."""
+    source_weights: Literal["selection", "excess"] = "selection"
+    """``selection``: per-source share of the selection; ``excess``: ∝ max(mean excess per source, 0)."""
+    batch_size: int = 32
+    """Examples per no-grad scoring forward pass."""
+    seed: int = 0
+    """Seeds the reference batches, the held-out split and the sampling."""
+
+    def __post_init__(self) -> None:
+        check_int("reference_steps", self.reference_steps, 0)
+        check_int("reference_batch_size", self.reference_batch_size, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
+        check_positive("reference_lr", self.reference_lr)
+        check_positive("temperature", self.temperature)
+        check_fraction("reference_fraction", self.reference_fraction)
+        check_fraction("token_keep", self.token_keep)
+        check_fraction("select_fraction", self.select_fraction)
+        check_choice("aggregate", self.aggregate, ("mean", "token_topk"))
+        check_choice("select", self.select, ("top", "sample"))
+        check_choice("source_weights", self.source_weights, ("selection", "excess"))
+
+
+def excess_losses(model: nn.Module, reference: nn.Module, data: TokenizedSet, cfg: RhoConfig) -> torch.Tensor:
+    """Per-example excess loss ℓ_model − ℓ_ref over ``data`` (``[N]``), aggregated per ``cfg.aggregate``."""
+    if cfg.aggregate == "mean":
+        return example_losses(model, data, cfg.batch_size) - example_losses(reference, data, cfg.batch_size)
+    per_token = [
+        a - b
+        for a, b in zip(
+            example_token_losses(model, data, cfg.batch_size),
+            example_token_losses(reference, data, cfg.batch_size),
+            strict=True,
+        )
+    ]
+    return token_topk_scores(per_token, cfg.token_keep)
+
+
+def token_topk_scores(per_token: list[torch.Tensor], keep: float) -> torch.Tensor:
+    """Σ of each example's excesses among the pool-wide top-``keep`` tokens / its token count (0 if none)."""
+    flat = torch.cat(per_token) if per_token else torch.zeros(0)
+    if flat.numel() == 0:
+        return torch.zeros(len(per_token))
+    n_keep = max(1, math.ceil(keep * flat.numel()))
+    threshold = torch.topk(flat, n_keep).values.min()
+    return torch.stack([(t * (t >= threshold)).sum() / max(1, t.numel()) for t in per_token])
+
+
+def choose(scores: torch.Tensor, cfg: RhoConfig) -> list[int]:
+    """Rows to keep, best (or first drawn) first: top-k, or Gumbel top-k sampling ∝ softmax(score / T)."""
+    n = n_selected(len(scores), cfg.select_fraction)
+    keys = scores.double().numpy()
+    if cfg.select == "sample":
+        keys = keys / cfg.temperature + np.random.default_rng(cfg.seed).gumbel(size=len(keys))
+    return sorted(range(len(keys)), key=lambda i: (-keys[i], i))[:n]
+
+
+def _split_target(target: TokenizedSet, cfg: RhoConfig) -> tuple[TokenizedSet, TokenizedSet | None]:
+    if cfg.reference_fraction >= 1:
+        return target, None
+    perm = np.random.default_rng(cfg.seed).permutation(len(target))
+    cut = max(1, math.ceil(cfg.reference_fraction * len(target)))
+    held = subset(target, np.sort(perm[cut:])) if cut < len(target) else None
+    return subset(target, np.sort(perm[:cut])), held
+
+
+def run_rho(
+    cfg: RhoConfig,
+    *,
+    counts: Mapping[str, int],
+    model: nn.Module | None = None,
+    train: TokenizedSet | None = None,
+    target: TokenizedSet | None = None,
+    on_step: StepCallback | None = None,
+) -> MethodResult:
+    """Registry entry for ``rho``: fit the reference on the target, score the pool by excess loss, select.
+
+    Args:
+        cfg: the RHO settings.
+        counts: examples per source; must match ``train``.
+        model: the model whose loss is compared (base or current checkpoint); not modified.
+        train: the pool to score.
+        target: clean, in-distribution examples the reference is fitted on.
+        on_step: receives one record per reference step.
+
+    Returns:
+        Excess-loss scores for every pool row, the selected ids and the implied per-source weights.
+    """
+    names = check_counts(counts)
+    model, train, target = require_inputs("rho", model=model, train=train, target=target)
+    check_pool(counts, train)
+    fit_set, held = _split_target(target, cfg)
+    reference = finetune(
+        model,
+        fit_set,
+        steps=cfg.reference_steps,
+        lr=cfg.reference_lr,
+        batch_size=cfg.reference_batch_size,
+        seed=cfg.seed,
+        on_step=on_step,
+        stage="rho_reference",
+    )
+    scores = excess_losses(model, reference, train, cfg)
+    rows = choose(scores, cfg)
+    if cfg.source_weights == "excess":
+        mean = {
+            train.sources[s]: float(scores[torch.as_tensor(train.source_ids == s)].mean())
+            for s in range(len(train.sources))
+            if (train.source_ids == s).any()
+        }
+        weights = normalise({name: max(mean.get(name, 0.0), 0.0) for name in names})
+    else:
+        weights = selection_weights(train, rows, names)
+    info: dict[str, object] = {"reference_rows": len(fit_set), "mean_excess": float(scores.mean())}
+    if held is not None:
+        info["heldout_loss_model"] = float(example_losses(model, held, cfg.batch_size).mean())
+        info["heldout_loss_reference"] = float(example_losses(reference, held, cfg.batch_size).mean())
+    return MethodResult(
+        weights=weights,
+        scores=scores_table(train, scores.tolist()),
+        selected=[example_id(train, i) for i in rows],
+        info=info,
+    )

@@ -1,0 +1,64 @@
+"""`curate compare`: run the methods on the same data and budget, fine-tune, evaluate and report."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from curate.cli._common import DEFAULT_DB, ConfigPath, Db, Out, Quiet, guarded, out
+from curate.compare import DEFAULT_METHODS, CompareSettings, Recipe, compare as run_compare
+from curate.config import build, load_config
+from curate.pipeline import settings_from
+from curate.runs import safe_out_dir
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
+
+
+@guarded
+def compare(
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides (e.g. recipe.steps=200).")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = ",".join(DEFAULT_METHODS),
+    budget: Annotated[int, typer.Option(help="Rows in every method's dataset.")] = 1000,
+    seeds: Annotated[int, typer.Option(help="Seeds per method (paired across methods).")] = 3,
+    target: Annotated[str, typer.Option(help="Target for the methods: a split or a source.")] = "val",
+    eval_split: Annotated[str, typer.Option(help="Split the fine-tuned models are evaluated on.")] = "test",
+    model: Annotated[str, typer.Option(help="'tiny' or a local Hugging Face model folder.")] = "tiny",
+    oracle: Annotated[str | None, typer.Option(help="Also train on this source alone (a ceiling).")] = None,
+    config: ConfigPath = None,
+    db: Db = DEFAULT_DB,
+    out_dir: Out = None,
+    quiet: Quiet = False,
+) -> None:
+    """Which data trains the best model for my target? Every method, same budget, same recipe, same eval."""
+    settings = settings_for(load_config(config, overrides or []), methods, budget, seeds, target, eval_split, model,
+                            oracle)
+    dest = safe_out_dir(out_dir, "compare")
+    report = run_compare(db, settings, dest, log=(lambda m: None) if quiet else (lambda m: out.print(f"[dim]{m}[/]")))
+    from evals.report import build_summary, headline, table_rows
+
+    summary = build_summary(report)
+    header, rows = table_rows(summary)
+    t = Table(title="compare")
+    for h in header:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*r)
+    out.print(t)
+    out.print(headline(summary))
+    out.print(f"wrote {dest / 'report.html'}")
+
+
+def settings_for(values: dict, methods: str, budget: int, seeds: int, target: str, eval_split: str, model: str,
+                 oracle: str | None) -> CompareSettings:
+    """Merge CLI flags and a config into CompareSettings (``recipe.*`` and reweight keys may come from either)."""
+    recipe = build(Recipe, values.pop("recipe", {}) or {}, where="recipe")
+    values.setdefault("target", target)
+    values.setdefault("model", model)
+    rw = settings_from(values)
+    return build(CompareSettings, {"methods": tuple(m.strip() for m in methods.split(",") if m.strip()),
+                                   "budget": budget, "seeds": seeds, "oracle": oracle, "eval_split": eval_split,
+                                   "reweight": rw, "recipe": recipe}, where="compare")

@@ -1,0 +1,57 @@
+"""`curate demo`: the main job on the embedded default, offline, on a CPU, with no arguments."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from curate.cli._common import Quiet, guarded, out
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+@guarded
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Demo folder (corpus, database, runs, report).")] = Path(
+        "demo"),
+    seeds: Annotated[int, typer.Option(help="Seeds per method.")] = 1,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = (
+        "uniform,temperature,less,rho,doremi,scalebio"),
+    quiet: Quiet = False,
+) -> None:
+    """Build a reasoning-gym corpus with planted bad sources, run every method, compare, report."""
+    from curate.cli.compare import settings_for
+    from curate.cli.ingest import report_table
+    from curate.compare import compare
+    from curate.db import open_db
+    from curate.demo import DEMO_CONFIG, build_corpus
+    from curate.ingest import ingest_paths
+    from evals.report import build_summary, headline, table_rows
+
+    files = build_corpus(out_dir / "corpus")
+    db = out_dir / "curate.duckdb"
+    with open_db(db) as con:
+        reports = ingest_paths(con, [p for n, p in files.items() if not n.startswith("target")])
+        reports += ingest_paths(con, [files["target_val"]], split="val", source="target")
+        reports += ingest_paths(con, [files["target_test"]], split="test", source="target")
+    if not quiet:
+        out.print(report_table(reports, db))
+    settings = settings_for(copy.deepcopy(DEMO_CONFIG), methods, 600, seeds, "val", "test", "tiny", "arith")
+    say = (lambda m: None) if quiet else (lambda m: out.print(f"[dim]{m}[/]"))
+    report = compare(db, settings, out_dir / "compare", log=say)
+    summary = build_summary(report)
+    header, rows = table_rows(summary)
+    t = Table(title="demo: 2-term arithmetic exact match after fine-tuning on each method's 600 rows")
+    for h in header:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*r)
+    out.print(t)
+    out.print(headline(summary))
+    out.print(f"report: {out_dir / 'compare' / 'report.html'}")

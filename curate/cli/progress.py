@@ -1,0 +1,59 @@
+"""A Rich progress bar for training loops: step, ETA, tokens/s, target loss and the heaviest sources.
+
+With ``--quiet`` nothing is drawn; with ``--json-logs`` each step is one JSON line on stderr instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from curate.cli._common import err
+
+
+def _describe(row: dict[str, Any]) -> str:
+    parts = []
+    if "tokens_per_s" in row:
+        parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
+    loss = row.get("target_loss", row.get("loss"))
+    if isinstance(loss, float) and math.isfinite(loss):
+        parts.append(f"target {loss:.3f}")
+    p = {k[2:]: v for k, v in row.items() if k.startswith("p_") and isinstance(v, float)}
+    if p:
+        top = sorted(p.items(), key=lambda kv: -kv[1])[:3]
+        parts.append(" ".join(f"{s}={w:.2f}" for s, w in top))
+    if "stage" in row:
+        parts.insert(0, str(row["stage"]))
+    return "  ".join(parts)
+
+
+@contextmanager
+def step_progress(total: int | None, label: str, quiet: bool, json_logs: bool) -> Iterator[Any]:
+    """Yield an ``on_step(row)`` callback that advances a bar (or logs JSON lines)."""
+    if json_logs:
+        def log(row: dict[str, Any]) -> None:
+            sys.stderr.write(json.dumps({k: v for k, v in row.items()}, default=str) + "\n")
+
+        yield log
+        return
+    if quiet:
+        yield lambda row: None
+        return
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}")]
+    with Progress(*cols, console=err, transient=False) as bar:
+        task = bar.add_task(label, total=total, info="")
+        seen = {"n": 0}
+
+        def advance(row: dict[str, Any]) -> None:
+            seen["n"] += 1
+            bar.update(task, completed=seen["n"] if total is None or seen["n"] <= total else total,
+                       info=_describe(row))
+
+        yield advance

@@ -1,0 +1,109 @@
+"""`curate reweight`: learn per-source weights (or per-example scores) and write a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from curate.cli._common import DEFAULT_DB, ConfigPath, Db, Out, Quiet, Seed, guarded, out
+from curate.cli.progress import step_progress
+from curate.config import load_config
+from curate.errors import ConfigError
+from curate.ingest.readers import EXTENSIONS
+from curate.pipeline import METHODS, ReweightOutcome, method_config, reweight as run_reweight, settings_from
+from curate.runs import safe_out_dir
+
+
+def register(app: typer.Typer) -> None:
+    app.command("reweight", context_settings={"allow_extra_args": False})(reweight)
+
+
+@guarded
+def reweight(
+    args: Annotated[list[str] | None, typer.Argument(help="Optional data files to ingest first, then key=value "
+                                                          "config overrides (e.g. alpha=10 lr_lambda=0.05).")] = None,
+    method: Annotated[str | None, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target: a split (val/test) or a source name.")] = None,
+    model: Annotated[str | None, typer.Option(help="'tiny' or a local Hugging Face model folder.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps of the method.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Also resample this many rows into RUN/data.")] = None,
+    seed: Seed = 0,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted ScaleBiO run folder.")] = None,
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="One JSON line per step on stderr.")] = False,
+    config: ConfigPath = None,
+    db: Db = DEFAULT_DB,
+    out_dir: Out = None,
+    quiet: Quiet = False,
+) -> None:
+    """Learn how much of each source to use for the target, with ScaleBiO or a baseline."""
+    files = [a for a in args or [] if "=" not in a]
+    overrides = [a for a in args or [] if "=" in a]
+    values = load_config(config, overrides)
+    for key, val in (("method", method), ("target", target), ("model", model), ("steps", steps),
+                     ("budget", budget)):
+        if val is not None:
+            values[key] = val
+    values.setdefault("seed", seed)
+    target_file = _target_file(values.get("target"))
+    if target_file is not None:
+        values["target"] = "val"
+    settings = settings_from(values)
+    method_cfg = method_config(settings)  # validate before any work
+    if files or target_file is not None:
+        _ingest_first(files, target_file, db, quiet)
+    run_dir = resume if resume is not None else safe_out_dir(out_dir, settings.method)
+    if resume is not None and not (resume / "checkpoints").exists():
+        raise ConfigError(f"--resume: {resume} has no checkpoints/; pass a ScaleBiO run folder")
+    total = getattr(method_cfg, "steps", None) or getattr(method_cfg, "proxy_steps", None)
+    with step_progress(total, settings.method, quiet, json_logs) as on_step:
+        outcome = run_reweight(db, settings, run_dir, on_step=on_step, resume=resume is not None)
+    if not quiet:
+        out.print(summary_table(outcome))
+        for w in outcome.diagnostics.get("warnings", []) if isinstance(outcome.diagnostics, dict) else []:
+            out.print(f"[yellow]warning:[/] {w}")
+    out.print(f"wrote {outcome.run_dir}")
+
+
+def _target_file(target: object) -> Path | None:
+    """``--target val.jsonl``: a data file to ingest as the val split (then the target is ``val``)."""
+    if isinstance(target, str) and Path(target).suffix.lower() in EXTENSIONS:
+        if not Path(target).exists():
+            raise ConfigError(f"--target: {target} does not exist; pass a split, a source or a data file")
+        return Path(target)
+    return None
+
+
+def _ingest_first(files: list[str], target_file: Path | None, db: Path, quiet: bool) -> None:
+    from curate.cli.ingest import report_table
+    from curate.db import open_db
+    from curate.ingest import ingest_paths
+
+    with open_db(db) as con:
+        reports = ingest_paths(con, [Path(f) for f in files]) if files else []
+        if target_file is not None:
+            reports += ingest_paths(con, [target_file], split="val")
+    if not quiet:
+        out.print(report_table(reports, db))
+
+
+def summary_table(o: ReweightOutcome) -> Table:
+    """Weights per source, with the averaged weights and diagnostics when the method has them."""
+    t = Table(title=f"{o.method} weights ({o.seconds:.1f}s)")
+    t.add_column("source")
+    t.add_column("weight", justify="right")
+    averaged = o.doc.get("averaged") or {}
+    if averaged:
+        t.add_column("averaged", justify="right")
+    t.add_column("rows", justify="right")
+    for s, w in sorted(o.weights.items(), key=lambda kv: -kv[1]):
+        cells = [s, f"{w:.4f}"] + ([f"{averaged.get(s, 0):.4f}"] if averaged else []) + [
+            f"{o.doc['counts'].get(s, 0):,}"]
+        t.add_row(*cells)
+    d = o.diagnostics if isinstance(o.diagnostics, dict) else {}
+    if "effective_sources" in d:
+        t.caption = (f"entropy {d['entropy']:.3f} nats, effective sources {d['effective_sources']:.2f}, "
+                     f"|final - averaged|_1 = {d['l1_final_vs_averaged']:.3f}")
+    return t

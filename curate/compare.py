@@ -1,0 +1,193 @@
+"""`curate compare`: every method on the same data and budget, the same fine-tuning recipe, the same evaluation.
+
+For each seed: one base model (``--model tiny`` is built once per seed and saved, so every method and every
+fine-tune starts from identical weights); for each method: reweight -> resample ``budget`` rows -> fine-tune the
+base with the fixed recipe -> held-out loss and greedy exact-match accuracy on the target's test rows. Each finished
+(method, seed) cell is saved as JSON, so an interrupted compare resumes where it stopped. An ``oracle`` arm trains
+on one named source alone, as a ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from curate.corpus import Rows, _rows
+from curate.db import open_db
+from curate.errors import ConfigError
+from curate.io import write_json
+from curate.modeling import TinyModel, load_model, save_base, tokenize
+from curate.pipeline import METHODS, ReweightSettings, reweight
+
+DEFAULT_METHODS = ("uniform", "temperature", "less", "rho", "doremi", "scalebio")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The one fine-tuning recipe every method's data is trained with."""
+
+    steps: int = 300
+    lr: float = 3e-3
+    batch_size: int = 16
+    eval_rule: str = "last_number"
+    eval_limit: int = 200
+    max_new_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
+            raise ValueError("recipe steps, batch_size and lr must be > 0")
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What to compare and how."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: int = 3
+    budget: int = 1000
+    oracle: str | None = None
+    eval_split: str = "test"
+    reweight: ReweightSettings = field(default_factory=ReweightSettings)
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"--methods: {bad[0]!r} is not one of {', '.join(METHODS)}")
+        if self.seeds < 1 or self.budget < 1:
+            raise ValueError("--seeds and --budget must be >= 1")
+
+
+Log = Callable[[str], None]
+
+
+def compare(db: Path, settings: CompareSettings, out_dir: Path, *, log: Log = print,
+            on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the comparison and write the report; returns the results dict given to the report."""
+    from evals.report import write_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "compare_config.json", _jsonable(settings))
+    test = _eval_rows(db, settings.eval_split)
+    arms = list(settings.methods) + (["oracle"] if settings.oracle else [])
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in arms}
+    for seed in range(settings.seeds):
+        base = _base_model(db, settings, out_dir, seed)
+        for arm in arms:
+            cell = out_dir / "cells" / f"{arm}-seed{seed}.json"
+            if not cell.exists():
+                log(f"seed {seed}: {arm}")
+                write_json(cell, _run_cell(db, settings, arm, seed, base, test, out_dir, on_step))
+            results[arm].append(json.loads(cell.read_text()))
+    report = {"methods": results, "baseline": "uniform" if "uniform" in arms else arms[0],
+              "headline_method": "scalebio" if "scalebio" in arms else arms[-1], "main_metric": "accuracy",
+              "target": f"{settings.reweight.target} -> {settings.eval_split} split ({len(test)} rows)",
+              "meta": {"budget": settings.budget, "recipe": _jsonable(settings.recipe), "oracle": settings.oracle}}
+    write_report(report, out_dir)
+    return report
+
+
+def _eval_rows(db: Path, split: str) -> Rows:
+    with open_db(db, read_only=True) as con:
+        rows = _rows(con, "split = ?", [split])
+    if len(rows) == 0:
+        raise ConfigError(f"--eval-split: no {split!r} rows stored; ingest held-out target rows with --split {split}")
+    return rows
+
+
+def _base_model(db: Path, settings: CompareSettings, out_dir: Path, seed: int) -> Path:
+    """One saved base model per seed (built from --model), shared by every arm."""
+    dest = out_dir / "base" / f"seed{seed}"
+    if (dest / "base_model" / "config.json").exists():
+        return dest / "base_model"
+    rw = settings.reweight
+    with open_db(db, read_only=True) as con:
+        texts = [r[0] for r in con.execute("SELECT text FROM examples").fetchall()]
+    model, tok = load_model(rw.model, texts, seed=seed, max_len=rw.max_len,
+                            tiny=TinyModel(**rw.tiny) if rw.tiny else TinyModel())
+    return save_base(dest, model, tok)
+
+
+def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, out_dir: Path,
+              on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    start = time.perf_counter()
+    run_dir = out_dir / "runs" / f"{arm}-seed{seed}"
+    if arm == "oracle":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        weights, trajectory = _oracle(db, settings.oracle or "", run_dir, settings.budget, seed), None
+    else:
+        rw = replace(settings.reweight, method=arm, seed=seed, model=str(base), budget=settings.budget)
+        outcome = reweight(db, rw, run_dir, on_step=on_step)
+        weights = outcome.weights
+        trajectory = _trajectory(run_dir) if arm == "scalebio" else None
+    method_s = time.perf_counter() - start
+    metrics, tokens = _train_and_eval(settings, base, run_dir, test, seed)
+    cell = {"seed": seed, "weights": weights, "metrics": metrics,
+            "cost": {"wall_s": round(time.perf_counter() - start, 2), "method_s": round(method_s, 2),
+                     "tokens": tokens}}
+    if trajectory:
+        cell["trajectory"] = trajectory
+    return cell
+
+
+def _oracle(db: Path, source: str, run_dir: Path, budget: int, seed: int) -> dict[str, float]:
+    from curate.resample import resample
+
+    with open_db(db, read_only=True) as con:
+        known = [r[0] for r in con.execute("SELECT DISTINCT source FROM examples WHERE split='train'").fetchall()]
+        if source not in known:
+            raise ConfigError(f"--oracle: {source!r} is not a training source ({', '.join(sorted(known))})")
+        weights = {s: (1.0 if s == source else 0.0) for s in sorted(known)}
+        write_json(run_dir / "weights.json", {"method": "oracle", "sources": weights})
+        resample(con, run_dir, budget=budget, seed=seed)
+    return weights
+
+
+def _trajectory(run_dir: Path) -> list[dict[str, Any]] | None:
+    path = run_dir / "trajectory.parquet"
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    keep = max(1, len(rows) // 100)
+    return [{k: v for k, v in r.items() if k == "step" or k.startswith("p_")} for r in rows[::keep]]
+
+
+def _train_and_eval(settings: CompareSettings, base: Path, run_dir: Path, test: Rows,
+                    seed: int) -> tuple[dict[str, float], int]:
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from curate.modeling import quiet_hf
+    from evals.harness import generation_accuracy, heldout_loss
+    from solvers.sft import finetune
+
+    quiet_hf()
+
+    rw, recipe = settings.reweight, settings.recipe
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    table = pq.read_table(run_dir / "data" / "part-00000.parquet", columns=["example_id", "source", "prompt",
+                                                                          "response"]).to_pydict()
+    train_rows = Rows(table["example_id"], table["source"], table["prompt"], table["response"])
+    sources = sorted(set(train_rows.sources))
+    data = tokenize(train_rows, tok, sources, rw.max_len, rw.template)
+    model, _ = finetune(model, data, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed)
+    test_sources = sorted(set(test.sources))
+    loss = heldout_loss(model, tokenize(test, tok, test_sources, rw.max_len, rw.template), batch_size=32)
+    n = min(len(test), recipe.eval_limit)
+    acc = generation_accuracy(model, tok, test.prompts[:n], test.responses[:n], recipe.eval_rule,  # type: ignore[arg-type]
+                              template=rw.template, max_new_tokens=recipe.max_new_tokens)
+    tokens = recipe.steps * recipe.batch_size * rw.max_len
+    return {"accuracy": acc["accuracy"], "target_loss": loss["loss"], "ppl": loss["ppl"]}, tokens
+
+
+def _jsonable(obj: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

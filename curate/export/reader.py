@@ -1,0 +1,172 @@
+"""Read and check a run folder (``weights.json``, ``manifest.json``, ``data/*.parquet``) before export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.errors import DataError
+from curate.io import sha256_file
+
+# Columns the export itself needs; every other column of the resampled data is passed through unchanged.
+REQUIRED_COLUMNS = ("source", "example_id", "draw")
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+MESSAGE_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A checked run folder: its two JSON artefacts and its non-empty data parts, in order."""
+
+    run_dir: Path
+    weights: dict[str, Any]
+    manifest: dict[str, Any]
+    parts: list[Path]
+    schema: pa.Schema
+    num_rows: int
+    rows_per_source: dict[str, int] = field(default_factory=dict)
+
+
+def _resample_hint(run_dir: Path) -> str:
+    return f"run `curate resample {run_dir} --budget N` first"
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {what}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not readable JSON ({e}); {what}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} must hold a JSON object; {what}")
+    return obj
+
+
+def _check_against_manifest(run_dir: Path, parts: list[Path], outputs: dict[str, Any]) -> None:
+    """The data parts must be exactly those the resampler recorded, (a partial copy is refused)."""
+    listed = {k for k in outputs if k.startswith("data/") and k.endswith(".parquet")}
+    found = {f"data/{p.name}" for p in parts}
+    if listed and listed != found:
+        missing, extra = sorted(listed - found), sorted(found - listed)
+        what = f"{missing[0]} is missing" if missing else f"{extra[0]} is not in manifest.json"
+        raise DataError(
+            f"{run_dir}: {what}; the data is incomplete or mixed, {_resample_hint(run_dir)} again"
+        )
+    for p in parts:
+        expected = outputs.get(f"data/{p.name}")
+        if expected and sha256_file(p) != expected:
+            raise DataError(
+                f"{p} does not match its sha256 in manifest.json (changed after resampling); "
+                f"{_resample_hint(run_dir)} again"
+            )
+
+
+def _part_schema(path: Path) -> tuple[pa.Schema, int]:
+    try:
+        meta = pq.ParquetFile(path)
+        return meta.schema_arrow.remove_metadata(), meta.metadata.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(
+            f"{path} is not readable Parquet ({e}); {_resample_hint(path.parent.parent)} again"
+        ) from None
+
+
+def open_run(run_dir: Path | str, *, messages: bool = False) -> RunData:
+    """Check ``run_dir`` and return what an export needs; a :class:`DataError` names the file and the fix."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir} is not a folder; pass a run folder written by `curate reweight`")
+    weights = _read_json(run_dir / "weights.json", "pass a run folder written by `curate reweight`")
+    data_dir = run_dir / "data"
+    parts = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
+    if not parts:
+        raise DataError(
+            f"{run_dir} has no resampled data ({data_dir} is empty or missing); {_resample_hint(run_dir)}"
+        )
+    manifest = _read_json(run_dir / "manifest.json", f"{_resample_hint(run_dir)} again")
+    outputs = manifest.get("outputs") or {}
+    _check_against_manifest(run_dir, parts, outputs if isinstance(outputs, dict) else {})
+
+    schema = _part_schema(parts[0])[0]
+    kept, num_rows = [], 0
+    for p in parts:
+        part_schema, n = _part_schema(p)
+        if not part_schema.equals(schema):
+            raise DataError(
+                f"{p} has columns {part_schema.names} unlike {parts[0].name}; {_resample_hint(run_dir)} again"
+            )
+        if n:
+            kept.append(p)
+            num_rows += n
+    needed = REQUIRED_COLUMNS + (("messages",) if messages else ())
+    missing = [c for c in needed if c not in schema.names]
+    if missing:
+        raise DataError(f"{parts[0]} lacks column(s) {', '.join(missing)}; {_resample_hint(run_dir)} again")
+    if num_rows == 0:
+        raise DataError(f"{data_dir} holds no rows; {_resample_hint(run_dir)} with N > 0")
+
+    rows_per_source: dict[str, int] = {}
+    for p in kept:
+        counts = pq.read_table(p, columns=["source"])["source"].value_counts()
+        for item in counts.to_pylist():
+            rows_per_source[item["values"]] = rows_per_source.get(item["values"], 0) + item["counts"]
+    return RunData(run_dir, weights, manifest, kept, schema, num_rows, rows_per_source)
+
+
+def output_schema(schema: pa.Schema, *, messages: bool) -> pa.Schema:
+    """The exported schema: the run's columns, with ``messages`` as a list of {role, content} when asked."""
+    if not messages:
+        return schema
+    i = schema.get_field_index("messages")
+    return schema.set(i, pa.field("messages", MESSAGE_TYPE))
+
+
+def _parse_messages(raw: str | None, where: str) -> list[dict[str, str]] | None:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        turns = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{where}: messages is not valid JSON ({e.msg}); fix the row and re-run ingest"
+        ) from None
+    if not isinstance(turns, list):
+        raise DataError(
+            f"{where}: messages must be a JSON list of {{role, content}}; fix the row and re-run ingest"
+        )
+    out = []
+    for t in turns:
+        if not (isinstance(t, dict) and t.get("role") in CHAT_ROLES and isinstance(t.get("content"), str)):
+            raise DataError(
+                f"{where}: each message needs role in {sorted(CHAT_ROLES)} and string content, "
+                f"got {str(t)[:80]!r}; "
+                "fix the row and re-run ingest"
+            )
+        out.append({"role": t["role"], "content": t["content"]})
+    return out
+
+
+def _messages_column(table: pa.Table, part: Path) -> pa.Array:
+    raws = table["messages"].to_pylist()
+    ids = table["example_id"].to_pylist()
+    parsed = [_parse_messages(r, f"{part} row {i} (example_id {ids[i]!r})") for i, r in enumerate(raws)]
+    return pa.array(parsed, type=MESSAGE_TYPE)
+
+
+def iter_tables(run: RunData, *, messages: bool) -> Iterator[pa.Table]:
+    """Yield each data part as a table in the exported schema, one part in memory at a time."""
+    schema = output_schema(run.schema, messages=messages)
+    for part in run.parts:
+        table = pq.read_table(part).replace_schema_metadata(None)
+        if messages:
+            table = table.set_column(
+                table.schema.get_field_index("messages"), "messages", _messages_column(table, part)
+            )
+        yield table.cast(schema)

@@ -1,0 +1,231 @@
+"""`curate reweight` as a sequence of stages: plan -> read data -> (model) -> method -> artefacts -> resample.
+
+The store is opened read-only while data is read and for a moment at the end to record the run, never while a
+model trains, so other commands can use the database meanwhile. Every method, ScaleBiO or baseline, ends in the
+same run folder (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.config import build, to_dict
+from curate.corpus import Rows, load_pool_and_target
+from curate.db import data_fingerprint, open_db
+from curate.errors import ConfigError
+from curate.io import write_json
+from curate.modeling import TinyModel, load_model, save_base, tokenize
+from curate.runs import update_manifest, write_config
+from curate.weights import build_weights_doc, normalise, write_weights
+
+METHODS = ("scalebio", "uniform", "proportional", "temperature", "less", "rho", "doremi")
+SIMPLE = ("uniform", "proportional", "temperature")
+STEP_FIELD = {"scalebio": "steps", "doremi": "proxy_steps", "rho": "reference_steps"}
+
+
+@dataclass(frozen=True)
+class ReweightSettings:
+    """Everything `curate reweight` needs; method-specific keys live in ``method_args``."""
+
+    method: str = "scalebio"
+    target: str = "val"
+    model: str = "tiny"
+    steps: int | None = None
+    budget: int | None = None
+    seed: int = 0
+    max_len: int = 128
+    template: str = "auto"
+    tiny: dict = field(default_factory=dict)
+    method_args: dict = field(default_factory=dict)
+    per_method: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.max_len < 8:
+            raise ValueError("max_len must be >= 8")
+        if self.template not in ("auto", "alpaca", "plain"):
+            raise ValueError(f"template: {self.template!r} is not one of auto, alpaca, plain")
+
+
+def method_config(settings: ReweightSettings) -> Any:
+    """The chosen method's own config dataclass, with --steps and --seed folded in."""
+    cls = config_class(settings.method)
+    values = {**settings.per_method.get(settings.method, {}), **settings.method_args}
+    names = {f.name for f in dataclasses.fields(cls)}
+    if settings.steps is not None:
+        key = STEP_FIELD.get(settings.method)
+        if key is None:
+            raise ConfigError(f"--steps: {settings.method} has no step count; set its own keys instead")
+        values[key] = settings.steps
+    if "seed" in names:
+        values.setdefault("seed", settings.seed)
+    return build(cls, values, where=settings.method)
+
+
+def config_class(method: str) -> type:
+    if method == "scalebio":
+        from solvers.scalebio import ScaleBiOConfig
+
+        return ScaleBiOConfig
+    from baselines import BASELINES
+
+    return BASELINES[method].config
+
+
+def settings_from(values: dict[str, Any]) -> ReweightSettings:
+    """Split a merged config dict into top-level settings and the method's own keys (flat or ``method.key``)."""
+    top = {f.name for f in dataclasses.fields(ReweightSettings)}
+    method = values.get("method", "scalebio")
+    flat = {k: v for k, v in values.items() if k in top and k not in ("method_args", "per_method")}
+    flat["per_method"] = {m: values[m] for m in METHODS if isinstance(values.get(m), dict)}
+    flat["method_args"] = {k: v for k, v in values.items() if k not in top and k not in METHODS}
+    if method not in METHODS:
+        raise ConfigError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
+    return build(ReweightSettings, flat, where="reweight")
+
+
+@dataclass
+class ReweightOutcome:
+    """What a reweight run produced."""
+
+    run_dir: Path
+    method: str
+    weights: dict[str, float]
+    doc: dict[str, Any]
+    seconds: float
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+StepFn = Callable[[dict[str, Any]], None]
+
+
+def reweight(db: Path, settings: ReweightSettings, run_dir: Path, *, on_step: StepFn | None = None,
+             resume: bool = False) -> ReweightOutcome:
+    """Learn weights (or scores) with ``settings.method`` and write the run folder; resample when a budget is set."""
+    start = time.perf_counter()
+    cfg = method_config(settings)
+    with open_db(db, read_only=True) as con:
+        pool, target = load_pool_and_target(con, settings.target)
+        sources = sorted(set(pool.sources))
+        fingerprint = data_fingerprint(con, sources)
+    counts = {s: pool.sources.count(s) for s in sources}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {**to_dict(settings), "method_config": to_dict(cfg)}
+    write_config(run_dir, resolved)
+    result = _run_method(settings, cfg, counts, pool, target, run_dir, on_step, resume)
+    config_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    doc = build_weights_doc(settings.method, normalise(result["weights"]), counts=counts, target=settings.target,
+                            config_hash=config_hash, data_fingerprint=fingerprint,
+                            averaged=result.get("averaged"), extra={"diagnostics": result.get("diagnostics", {})})
+    write_weights(run_dir / "weights.json", doc)
+    _write_extras(run_dir, result)
+    seconds = time.perf_counter() - start
+    update_manifest(run_dir, kind="reweight", method=settings.method, seed=settings.seed, data_fingerprint=fingerprint,
+                    rows={"pool": len(pool), "target": len(target)}, counts=counts, seconds=round(seconds, 3))
+    _record(db, run_dir, settings, resolved, doc, result)
+    outcome = ReweightOutcome(run_dir, settings.method, doc["sources"], doc, seconds, result.get("diagnostics", {}))
+    if settings.budget is not None:
+        from curate.resample import resample
+
+        with open_db(db, read_only=True) as con:
+            resample(con, run_dir, budget=settings.budget, seed=settings.seed)
+    return outcome
+
+
+def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], pool: Rows, target: Rows,
+                run_dir: Path, on_step: StepFn | None, resume: bool) -> dict[str, Any]:
+    if settings.method in SIMPLE:
+        from baselines import BASELINES
+
+        method = BASELINES[settings.method]
+        res = method.fn(cfg, counts=counts)
+        return {"weights": res.weights}
+    tiny = build(TinyModel, settings.tiny, where="tiny")
+    model, tok = load_model(settings.model, pool.prompts + pool.responses + target.prompts + target.responses,
+                            seed=settings.seed, max_len=settings.max_len, tiny=tiny)
+    save_base(run_dir, model, tok)
+    sources = sorted(counts)
+    train = tokenize(pool, tok, sources, settings.max_len, settings.template)
+    tgt = tokenize(target, tok, sources, settings.max_len, settings.template)
+    if settings.method == "scalebio":
+        return _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
+    from baselines import run as run_baseline
+
+    res = run_baseline(settings.method, cfg, counts=counts, model=model, train=train, target=tgt, on_step=on_step)
+    return {"weights": res.weights, "scores": res.scores, "trajectory": res.trajectory,
+            "diagnostics": res.info}
+
+
+def _run_scalebio(model: Any, train: Any, tgt: Any, cfg: Any, run_dir: Path, on_step: StepFn | None,
+                  resume: bool) -> dict[str, Any]:
+    from solvers.scalebio import NonFiniteLossError, fit, make_samplers
+
+    tr, va = make_samplers(train, tgt, cfg)
+    try:
+        res = fit(model, tr, va, cfg, on_step=on_step, checkpoint_dir=run_dir / "checkpoints", resume=resume)
+    except NonFiniteLossError as e:
+        raise ConfigError(f"{e}; the last good checkpoint is in {run_dir / 'checkpoints'} "
+                          "(lower lr_model or lr_lambda and use --resume)") from None
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"scalebio: {e}") from None
+    return {"weights": res.weights, "averaged": res.averaged_weights, "trajectory": res.trajectory,
+            "diagnostics": dataclasses.asdict(res.diagnostics)}
+
+
+def _write_extras(run_dir: Path, result: dict[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.io import atomic_path
+
+    if result.get("trajectory"):
+        table = pa.Table.from_pylist([_flat(r) for r in result["trajectory"]])
+        with atomic_path(run_dir / "trajectory.parquet") as tmp:
+            pq.write_table(table, tmp)
+    if result.get("scores"):
+        ids, srcs, vals = zip(*result["scores"], strict=True)
+        table = pa.table({"example_id": [str(i) for i in ids], "source": list(srcs),
+                          "score": [float(v) for v in vals]})
+        with atomic_path(run_dir / "scores.parquet") as tmp:
+            pq.write_table(table, tmp)
+    if result.get("diagnostics"):
+        write_json(run_dir / "diagnostics.json", result["diagnostics"])
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            out.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _record(db: Path, run_dir: Path, settings: ReweightSettings, resolved: dict, doc: dict,
+            result: dict[str, Any]) -> None:
+    run_id = run_dir.name
+    with open_db(db) as con:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+        con.execute("DELETE FROM weights WHERE run_id = ?", [run_id])
+        con.execute("DELETE FROM scores WHERE run_id = ?", [run_id])
+        con.execute("INSERT INTO runs VALUES (?, ?, ?, 'finished', ?, now(), ?)",
+                    [run_id, settings.method, json.dumps(resolved, default=str), doc["created_at"], str(run_dir)])
+        rows = [(run_id, int(r["step"]), s, float(r[f"p_{s}"])) for r in result.get("trajectory") or []
+                for s in doc["sources"] if f"p_{s}" in r]
+        last = max((r[1] for r in rows), default=-1) + 1
+        rows += [(run_id, last, s, w) for s, w in doc["sources"].items()]
+        con.executemany("INSERT INTO weights VALUES (?, ?, ?, ?)", rows)
+        if result.get("scores"):
+            con.executemany("INSERT INTO scores VALUES (?, ?, ?)",
+                            [(run_id, str(i), float(v)) for i, _, v in result["scores"]])
+        con.execute("COMMIT")

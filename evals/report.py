@@ -1,0 +1,363 @@
+"""Turn the results of `curate compare` into a summary, a headline, tables, plots and a report folder.
+
+The input is plain data, so any script can produce it (``RESULTS`` below documents it); ``build_summary``
+reduces it to per-method means, spreads and paired comparisons against the baseline, and ``write_report``
+writes ``summary.json``, ``report.md``, a self-contained ``report.html`` (plots embedded as data URIs, so it
+opens offline and can be mailed as one file) and the PNG plots. Every file is written atomically.
+
+The headline is deliberately blunt: it says whether the headline method (ScaleBiO) beat the baseline (uniform)
+on the main metric, by how much, on how many paired seeds and how significantly, and says so just as plainly
+when it did not.
+
+Usage::
+
+    paths = write_report(results, Path("runs/compare-1"))
+    rows = table_rows(build_summary(results))   # for a Rich table in the CLI
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from evals import metrics as M
+from evals._io import write_bytes_atomic, write_text_atomic
+
+SCHEMA_VERSION = 1
+
+RESULTS = """
+results = {
+  "methods": {                                # required: method name -> list of runs, one per seed
+    "uniform": [
+      {"seed": 0,                             # int or str; runs are paired across methods by seed
+       "weights": {"src_a": 0.5, ...},        # optional: per-source weights the run trained on (>= 0)
+       "metrics": {"target_loss": 1.23,       # required: metric name -> number; lower is better for names
+                   "ppl": 3.42,               #   containing loss/ppl/perplexity/nll/error, else higher
+                   "accuracy": 0.41},
+       "cost": {"wall_s": 12.5, "tokens": 40960},   # optional: numbers; wall_s and tokens are plotted
+       "trajectory": [{"step": 0, "p_src_a": 0.5, ...}, ...]},  # optional (ScaleBiO): weights over steps
+      ...],
+    "scalebio": [...],
+  },
+  "baseline": "uniform",                      # optional, default "uniform"
+  "headline_method": "scalebio",              # optional, default "scalebio"
+  "main_metric": "accuracy",                  # optional; default accuracy, else target_loss, else the first
+  "directions": {"my_score": "max"},          # optional: "max" or "min" per metric, overriding the name rule
+  "target": "gsm_symbolic test split",        # optional: what the metrics were measured on
+  "meta": {...},                              # optional, JSON-able: copied to summary.json as is
+}
+"""
+
+SUMMARY = """
+summary = {                                   # what build_summary returns and summary.json holds
+  "schema_version": 1,
+  "baseline": "uniform", "headline_method": "scalebio", "main_metric": "accuracy", "target": str | None,
+  "metrics": ["accuracy", "target_loss", ...],          # main metric first
+  "directions": {"accuracy": "max", "target_loss": "min", ...},
+  "sources": ["src_a", ...],                            # union over all runs' weights, sorted
+  "methods": {                                          # baseline first, headline method second
+    "<method>": {
+      "n_seeds": 3, "seeds": [0, 1, 2],
+      "metrics": {"<metric>": {"mean", "std", "n", "values"}},
+      "cost": {"wall_s": {"mean", "std", "n", "values"}, "tokens": {...}},    # {} when no run has a cost
+      "weights": {"mean": {src: w}, "std": {src: w}, "n"} | None,              # normalised per run first
+      "weight_stats": {"entropy", "effective_sources", "tv_to_uniform", "kl_to_uniform"} | None,
+      "vs_baseline": {                                  # None for the baseline itself
+        "<metric>": {"n", "mean_diff", "std_diff", "improvement", "rel_improvement", "wins", "losses", "ties",
+                     "t_stat", "p_t", "p_sign"} | None},   # None when no seed is shared
+      "has_trajectory": bool}},
+  "headline": "scalebio beat uniform on accuracy ...",
+  "meta": {...},                                        # copied from results
+  "plots": {"weights": "weights.png", ...},             # added by write_report, plots actually written
+}
+"""
+
+_LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "nll", "error")
+_ALPHA = 0.05
+
+
+def validate_results(results: Mapping[str, Any]) -> None:
+    """Raise one ``ValueError`` listing every problem in ``results`` (see ``RESULTS``), each with its path."""
+    problems: list[str] = []
+    methods = results.get("methods")
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError("results.methods: expected a non-empty mapping of method name -> list of runs")
+    for name, runs in methods.items():
+        if not isinstance(runs, Sequence) or isinstance(runs, str) or not runs:
+            problems.append(f"methods.{name}: expected a non-empty list of runs")
+            continue
+        seeds = [run.get("seed", i) if isinstance(run, Mapping) else i for i, run in enumerate(runs)]
+        if len(set(map(str, seeds))) != len(seeds):
+            problems.append(f"methods.{name}: duplicate seeds {seeds}")
+        for i, run in enumerate(runs):
+            problems.extend(_run_problems(f"methods.{name}[{i}]", run))
+    for key in ("baseline", "headline_method", "main_metric", "target"):
+        if key in results and not isinstance(results[key], str):
+            problems.append(f"results.{key}: expected a string")
+    for metric, way in dict(results.get("directions") or {}).items():
+        if way not in ("max", "min"):
+            problems.append(f"directions.{metric}: expected 'max' or 'min', got {way!r}")
+    if problems:
+        raise ValueError("invalid comparison results:\n  " + "\n  ".join(problems))
+
+
+def _run_problems(path: str, run: Any) -> list[str]:
+    if not isinstance(run, Mapping):
+        return [f"{path}: expected a mapping"]
+    problems = []
+    if not isinstance(run.get("metrics"), Mapping) or not run["metrics"]:
+        problems.append(f"{path}.metrics: expected a non-empty mapping of metric -> number")
+    for field in ("metrics", "weights", "cost"):
+        for key, value in dict(run.get(field) or {}).items():
+            if not _is_number(value) or (field == "weights" and value < 0):
+                wanted = "weight >= 0" if field == "weights" else "number"
+                problems.append(f"{path}.{field}.{key}: expected a {wanted}, got {value!r}")
+    weights = run.get("weights")
+    if weights and all(_is_number(w) for w in weights.values()) and sum(weights.values()) <= 0:
+        problems.append(f"{path}.weights: all weights are 0")
+    trajectory = run.get("trajectory")
+    if trajectory is not None and (not isinstance(trajectory, Sequence) or
+                                   not all(isinstance(t, Mapping) and "step" in t for t in trajectory)):
+        problems.append(f"{path}.trajectory: expected a list of mappings with 'step' and 'p_<source>' keys")
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def higher_is_better(metric: str, directions: Mapping[str, str] | None = None) -> bool:
+    """Direction of ``metric``: a ``directions`` entry wins, else loss-like names are lower-is-better."""
+    if directions and metric in directions:
+        return directions[metric] == "max"
+    return not any(word in metric.lower() for word in _LOWER_IS_BETTER)
+
+
+def build_summary(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Reduce validated ``results`` to the JSON-able summary every renderer reads.
+
+    Returns:
+        The summary; ``SUMMARY`` documents its keys. Non-finite numbers become None.
+    """
+    validate_results(results)
+    methods: Mapping[str, list[Mapping[str, Any]]] = results["methods"]
+    baseline = results.get("baseline", "uniform")
+    directions = dict(results.get("directions") or {})
+    metric_names = _metric_names(methods, results.get("main_metric"))
+    ways = {m: "max" if higher_is_better(m, directions) else "min" for m in metric_names}
+    sources = sorted({s for runs in methods.values() for run in runs for s in (run.get("weights") or {})})
+    headline_method = results.get("headline_method", "scalebio")
+    summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "baseline": baseline,
+        "headline_method": headline_method,
+        "main_metric": metric_names[0],
+        "target": results.get("target"),
+        "metrics": metric_names,
+        "directions": ways,
+        "sources": sources,
+        "methods": {name: _method_summary(runs, methods.get(baseline), metric_names, ways, sources,
+                                          is_baseline=name == baseline)
+                    for name, runs in _ordered(methods, baseline, headline_method)},
+        "meta": results.get("meta") or {},
+    }
+    summary["headline"] = headline(summary)
+    return _json_safe(summary)
+
+
+def _metric_names(methods: Mapping[str, Sequence[Mapping[str, Any]]], main: str | None) -> list[str]:
+    names: list[str] = []
+    for runs in methods.values():
+        for run in runs:
+            names.extend(k for k in run["metrics"] if k not in names)
+    if main is None:
+        main = next((m for m in ("accuracy", "target_loss") if m in names), names[0])
+    if main not in names:
+        raise ValueError(f"results.main_metric: {main!r} is not a metric of any run (have {names})")
+    return [main] + [n for n in names if n != main]
+
+
+def _ordered(methods: Mapping[str, Any], baseline: str, headline_method: str) -> list[tuple[str, Any]]:
+    """Baseline first, headline method second, the rest as given: the order of every table and plot."""
+    first = [m for m in (baseline, headline_method) if m in methods]
+    return [(m, methods[m]) for m in first] + [(m, r) for m, r in methods.items() if m not in first]
+
+
+def _method_summary(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]] | None,
+                    metric_names: list[str], ways: Mapping[str, str], sources: list[str],
+                    is_baseline: bool) -> dict[str, Any]:
+    seeds = [run.get("seed", i) for i, run in enumerate(runs)]
+    out: dict[str, Any] = {
+        "n_seeds": len(runs),
+        "seeds": seeds,
+        "metrics": {m: _stats([run["metrics"][m] for run in runs if m in run["metrics"]])
+                    for m in metric_names},
+        "cost": {k: _stats([run["cost"][k] for run in runs if k in (run.get("cost") or {})])
+                 for k in _keys(run.get("cost") or {} for run in runs)},
+        "has_trajectory": any(run.get("trajectory") for run in runs),
+    }
+    out["metrics"] = {m: s for m, s in out["metrics"].items() if s is not None}
+    out.update(_weights_summary(runs, sources))
+    out["vs_baseline"] = None if is_baseline or baseline_runs is None else {
+        m: _paired(runs, baseline_runs, m, ways[m] == "max") for m in metric_names}
+    return out
+
+
+def _keys(dicts: Any) -> list[str]:
+    keys: list[str] = []
+    for d in dicts:
+        keys.extend(k for k in d if k not in keys)
+    return keys
+
+
+def _stats(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    mean, std = M.mean_std([float(v) for v in values])
+    return {"mean": mean, "std": std, "n": len(values), "values": [float(v) for v in values]}
+
+
+def _weights_summary(runs: Sequence[Mapping[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """Mean and spread of the weights over seeds, and how far their mean is from uniform."""
+    vectors = [M.normalise_weights({s: float(run["weights"].get(s, 0.0)) for s in sources})
+               for run in runs if run.get("weights")]
+    if not vectors:
+        return {"weights": None, "weight_stats": None}
+    stats = {s: M.mean_std([v[s] for v in vectors]) for s in sources}
+    mean = {s: stats[s][0] for s in sources}
+    uniform = M.uniform_weights(sources)
+    return {
+        "weights": {"mean": mean, "std": {s: stats[s][1] for s in sources}, "n": len(vectors)},
+        "weight_stats": {"entropy": M.weight_entropy(mean), "effective_sources": M.effective_sources(mean),
+                         "tv_to_uniform": M.total_variation(mean, uniform),
+                         "kl_to_uniform": M.kl_divergence(mean, uniform)},
+    }
+
+
+def _paired(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]], metric: str,
+            higher: bool) -> dict[str, Any] | None:
+    """Paired comparison on the seeds both methods ran with this metric; None when they share no seed."""
+    by_seed = {str(run.get("seed", i)): run["metrics"].get(metric) for i, run in enumerate(baseline_runs)}
+    pairs = [(run["metrics"][metric], by_seed[str(run.get("seed", i))]) for i, run in enumerate(runs)
+             if metric in run["metrics"] and by_seed.get(str(run.get("seed", i))) is not None]
+    if not pairs:
+        return None
+    return M.paired_comparison([p[0] for p in pairs], [p[1] for p in pairs], higher_is_better=higher)
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """One honest sentence: did the headline method beat the baseline on the main metric, and by how much."""
+    method, base, metric = summary["headline_method"], summary["baseline"], summary["main_metric"]
+    methods = summary["methods"]
+    missing = [m for m in (method, base) if m not in methods]
+    if missing:
+        return f"No verdict: the results have no runs for {' or '.join(repr(m) for m in missing)}."
+    cmp = (methods[method]["vs_baseline"] or {}).get(metric)
+    if cmp is None:
+        return f"No verdict: {method} and {base} share no seed with a {metric} value to compare."
+    a, b = methods[method]["metrics"][metric], methods[base]["metrics"][metric]
+    verdict = "beat" if cmp["improvement"] > 0 else "tied with" if cmp["improvement"] == 0 else "did not beat"
+    rel = cmp["rel_improvement"]
+    rel_text = f" ({abs(rel):.1%} {'better' if rel > 0 else 'worse'})" if rel else ""
+    sentence = (f"{method} {verdict} {base} on {metric} ({_better_word(summary['directions'][metric])}): "
+                f"{_pm(a)} vs {_pm(b)}, a difference of {cmp['mean_diff']:+.4g}{rel_text}, "
+                f"better on {cmp['wins']} of {cmp['n']} paired seeds")
+    p, p_sign = cmp["p_t"], cmp["p_sign"]
+    if p is None:
+        return sentence + f" (n = {cmp['n']}: too few seeds for a significance test)."
+    if cmp["std_diff"] == 0:
+        return sentence + f" (the same difference on every seed, so no t-test; sign test p = {p_sign:.3g})."
+    significant = "significant" if p < _ALPHA else "not significant"
+    return sentence + f" (paired t-test p = {p:.3g}, {significant} at {_ALPHA}; sign test p = {p_sign:.3g})."
+
+
+def _better_word(way: str) -> str:
+    return "higher is better" if way == "max" else "lower is better"
+
+
+def _pm(stats: Mapping[str, Any]) -> str:
+    return f"{stats['mean']:.4g} ± {stats['std']:.2g}"
+
+
+def table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (all strings) of the one-screen comparison table the CLI renders with Rich.
+
+    Columns: method, seeds, each metric as ``mean ± std``, the main metric's change vs the baseline (signed so
+    ``+`` is better) with its paired t-test p-value, mean wall seconds and mean tokens.
+    """
+    metric_names, main = summary["metrics"], summary["main_metric"]
+    delta = f"Δ {main} vs {summary['baseline']}"
+    header = ["method", "seeds", *metric_names, delta, "p (t)", "wall s", "tokens"]
+    rows = []
+    for name, m in summary["methods"].items():
+        cmp = (m["vs_baseline"] or {}).get(main)
+        rows.append([
+            name, str(m["n_seeds"]),
+            *[_pm(m["metrics"][k]) if k in m["metrics"] else "–" for k in metric_names],
+            "–" if cmp is None else f"{cmp['improvement']:+.4g}",
+            "–" if cmp is None or cmp["p_t"] is None else f"{cmp['p_t']:.3g}",
+            _cost_cell(m, "wall_s", "{:.1f}"), _cost_cell(m, "tokens", "{:,.0f}"),
+        ])
+    return header, rows
+
+
+def _cost_cell(method: Mapping[str, Any], key: str, fmt: str) -> str:
+    stats = method["cost"].get(key)
+    return "–" if not stats else fmt.format(stats["mean"])
+
+
+def rich_table(summary: Mapping[str, Any]) -> Any:
+    """A ``rich.table.Table`` of :func:`table_rows`, captioned with the headline."""
+    from rich.table import Table
+
+    header, rows = table_rows(summary)
+    table = Table(title="curate compare", caption=summary["headline"])
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def write_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write ``summary.json``, ``report.md``, ``report.html`` and the PNG plots into ``out_dir``.
+
+    Args:
+        results: Comparison results as documented in ``RESULTS``.
+        out_dir: Folder to write into (created if needed); existing files of the same names are replaced.
+
+    Returns:
+        Artefact name (``"summary"``, ``"markdown"``, ``"html"``, and one per plot) -> path written.
+
+    Raises:
+        ValueError: ``results`` does not follow ``RESULTS``; the message lists every problem.
+    """
+    from evals import plots, render
+
+    summary = build_summary(results)
+    images = plots.render_all(summary, results)
+    out_dir = Path(out_dir)
+    paths = {name: write_bytes_atomic(out_dir / f"{name}.png", png) for name, png in images.items()}
+    summary["plots"] = {name: f"{name}.png" for name in images}
+    paths["summary"] = write_text_atomic(out_dir / "summary.json", dumps(summary))
+    paths["markdown"] = write_text_atomic(out_dir / "report.md", render.markdown(summary))
+    paths["html"] = write_text_atomic(out_dir / "report.html", render.html(summary, images))
+    return paths
+
+
+def dumps(summary: Mapping[str, Any]) -> str:
+    """Strict JSON (no NaN/Infinity tokens, which other JSON readers reject) with a trailing newline."""
+    return json.dumps(_json_safe(summary), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

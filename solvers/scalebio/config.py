@@ -1,0 +1,151 @@
+"""Hyperparameters of one ScaleBiO run (ALGORITHMS.md §2, §5).
+ One frozen dataclass; ``__post_init__`` rejects impossible values with a message that names the field. The
+defaults are the ones the tests pass with on tiny CPU problems (a strongly convex bilevel problem and
+planted-noise arithmetic sources); for a pretrained LLM use the paper's values instead (``lr_model``
+1e-5..2e-6,
+``lr_lambda`` 1e-2, ``alpha`` 100, ``warmup_ratio`` 0.03, ``grad_clip`` 1.0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ScaleBiOConfig:
+    """Everything :func:`solvers.scalebio.fit` needs besides the model and the data."""
+
+    alpha: float = 10.0
+    """Penalty α on the lower-level gap L2(λ, w) − L2(λ, u) (in the first stage when ``tau > 1``). The penalty
+    problem's own bias on the weights shrinks like 1/α: on the convex test problem ||p − p*||₁ is about 0.03
+    at α = 1 and 0.006 at α = 10, so 10 is the smallest value whose bias is well below the noise of a
+    stochastic run. Much larger α makes w ignore the target pull for a fixed step budget (the paper uses 100
+    with ~200 steps)."""
+
+    lr_model: float = 3e-3
+    """Peak AdamW learning rate of both models u and w. 1e-3 suits tiny models trained from scratch;
+    pretrained LLMs want 1e-5..2e-6."""
+
+    lr_lambda: float = 0.05
+    """Peak AdamW learning rate of the logits λ. λ must move on a slower time scale than u and w, which are
+    meant to track their minimisers for the current weights: on the convex test problem every run failed when
+    λ's step size equalled the models' and passed at about lr_model/5 or less (for a step size measured in the
+    same units). With Adam the logits move about ``lr_lambda`` per step whatever the gradient's size, so this
+    also bounds how far the weights can travel; 0.05..0.1 saturates a planted-noise check in a few hundred
+    steps, 1e-2 is the paper's."""
+
+    weight_decay: float = 5e-4
+    """Decoupled AdamW weight decay on u and w (the authors' value)."""
+
+    lambda_weight_decay: float = 0.01
+    """AdamW weight decay on λ (torch's default, which the authors kept); it pulls the logits gently toward
+    uniform."""
+
+    steps: int = 300
+    """Total number of simultaneous (u, w, λ) updates, over all α stages."""
+
+    batch_size: int = 40
+    """Training rows per step, shared by the u and w passes. Used to build the samplers
+    (:func:`make_samplers`); :func:`fit` checks that the samplers it is given agree, so the saved config
+    describes the run."""
+
+    val_batch_size: int = 32
+    """Target (validation) rows per step for the upper-level loss L1."""
+
+    sampling: Literal["stratified", "proportional"] = "stratified"
+    """How training rows are drawn. ``"stratified"`` (equal rows per source per batch) is an unbiased,
+    lower-variance estimate of Σ p_i ℓ̄_i and never leaves a source out of a batch (ALGORITHMS.md pitfall 7);
+    it differs from the authors' ``"proportional"`` (uniform over the concatenation of all sources)."""
+
+    tau: float = 1.0
+    """Growth factor of α between stages (the paper's τ). Stage i uses α·τ^i and scales all three step sizes
+    by τ^-i, as the paper's Algorithm 1 does; growing α without shrinking the steps diverged with minibatches
+    in the reference run, so the two are not offered separately. ``tau=1`` (the default, and every released
+    script) keeps α fixed. Note the authors' code multiplies α by τ before the first stage, so their α0 is our
+    ``alpha / tau``."""
+
+    stages: int = 1
+    """Number of α stages N; the ``steps`` are split evenly between them (the last takes the remainder)."""
+
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Shape s(t) of the step-size factor shared by all three learning rates (ALGORITHMS.md §5.3): cosine to 0
+    over all ``steps``, after a linear warmup of ``warmup_ratio · steps`` steps; or constant after the warmup.
+    Cosine is the authors' choice and makes the final weights settle, since η_λ decays to 0 too."""
+
+    warmup_ratio: float = 0.0
+    """Fraction of the steps spent in linear warmup, s(t) = t / W (the authors use 0 or 0.03)."""
+
+    grad_clip: float | None = 1.0
+    """Clip the gradient norm of u at this value and of w at ``alpha · grad_clip`` (w's loss is L1 + α·L2, so
+    this is the authors' clip of ||∇|| ≤ α on the α-scaled loss, ALGORITHMS.md pitfall 11). ``None`` disables
+    clipping."""
+
+    lisa: bool = False
+    """Train only ``lisa_layers`` randomly drawn transformer blocks of u and of w at a time (drawn
+    independently); embeddings, final norm and LM head always train (ALGORITHMS.md §3). Needs a model whose
+    block list :func:`solvers.lm.find_blocks` can find."""
+
+    lisa_layers: int = 2
+    """γ: number of active blocks per model under LISA (the authors' default; their Llama-3 LISA script uses
+    4)."""
+
+    lisa_period: int = 20
+    """T: LISA redraws the active blocks at steps 0, T, 2T, ... (the authors' ``--lisa-step``)."""
+
+    lisa_release_state: bool = False
+    """Drop the AdamW moments of a block when LISA freezes it. The authors keep them (a block resumes with its
+    old moments), which is the default; releasing them is what keeps LISA's memory saving over a long run."""
+
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every this many steps when ``checkpoint_dir`` is given (0: only on
+    interrupt)."""
+
+    seed: int = 0
+    """Seeds torch's RNG (dropout) inside the run and the LISA block draws. The samplers carry their own
+    seeds."""
+
+    eval_mode: bool = True
+    """Compute the target loss L1 with w in eval mode (no dropout). The authors keep train mode; eval mode
+    removes dropout noise from the hypergradient, which is better for tiny models (ALGORITHMS.md pitfall
+    9)."""
+
+    autocast_bf16: bool = False
+    """Run the model passes under ``torch.autocast("cuda", bfloat16)``; CUDA only. λ, p and the weighted sums
+    stay fp32 in every case."""
+
+    average_from: float = 0.5
+    """The averaged weights are the mean of p over steps ``t >= average_from · steps`` (default: the second
+    half)."""
+
+    def __post_init__(self) -> None:
+        positive = ("alpha", "lr_model", "lr_lambda", "steps", "batch_size", "val_batch_size", "tau",
+                    "stages", "lisa_layers", "lisa_period")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ScaleBiOConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "lambda_weight_decay", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ScaleBiOConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("steps", "batch_size", "val_batch_size", "stages", "lisa_layers", "lisa_period",
+                     "checkpoint_every", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"ScaleBiOConfig.{name} must be an integer, got {getattr(self, name)!r}")
+        if self.tau < 1:
+            raise ValueError(f"ScaleBiOConfig.tau must be >= 1 (α only grows), got {self.tau!r}")
+        if self.stages > self.steps:
+            raise ValueError(f"ScaleBiOConfig.stages ({self.stages}) must not exceed steps ({self.steps})")
+        if self.sampling not in ("stratified", "proportional"):
+            raise ValueError(
+                f"ScaleBiOConfig.sampling must be 'stratified' or 'proportional', got {self.sampling!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"ScaleBiOConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        for name in ("warmup_ratio", "average_from"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"ScaleBiOConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"ScaleBiOConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain ``{field: value}`` mapping (what checkpoints store and compare on resume)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,201 @@
+"""One simultaneous ScaleBiO update of u, w and λ (ALGORITHMS.md §1.7, §2).
+ On one training batch B (shared by u and w) and one target batch V, with everything evaluated at the current
+point:
+
+- u descends L2(λ, u)                    (the training-optimal copy),
+- w descends L1(w) + α·L2(λ, w)          (fits the target while staying near-optimal for L2),
+- λ descends α·[L2(λ, w) − L2(λ, u)]     (gradient α·J(p)(ℓ̄(w) − ℓ̄(u)), §1.7).
+ That is the gradient of :func:`solvers.scalebio.objective.surrogate`. Its terms touch disjoint graphs, so
+they are backpropagated one at a time (u's pass, w's training pass, w's target pass, then λ from the detached
+means): the gradients are identical to a single backward of the sum, while only one pass's activations are
+alive at a time. All three gradients exist before any optimizer steps, so the update is Jacobi-style, as in
+the authors' code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from solvers.lm import per_example_loss, token_mean_loss
+from solvers.scalebio.objective import source_means
+from solvers.scalebio.simplex import weights
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+"""``(model, batch) -> loss``: per-example losses ``[B]`` for the training pass, a scalar for the target
+pass."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss or gradient became NaN/inf; nothing was updated in that step."""
+
+    def __init__(self, step: int, what: str = "loss") -> None:
+        self.step = step
+        super().__init__(
+            f"non-finite {what} at step {step}: no parameter was updated in this step and no checkpoint was "
+            "written after it, so the last checkpoint on disk is the last good state. Lower lr_model / "
+            "lr_lambda, enable grad_clip, or check the data of that step."
+        )
+
+
+@dataclass
+class SolverState:
+    """The trainable state of a run: the two model copies, the logits and their three AdamW optimizers."""
+
+    u: nn.Module
+    w: nn.Module
+    logits: torch.Tensor
+    opt_u: torch.optim.Optimizer
+    opt_w: torch.optim.Optimizer
+    opt_lambda: torch.optim.Optimizer
+
+
+@dataclass
+class StepLosses:
+    """Detached batch statistics of one step, computed at the pre-update point."""
+
+    p: torch.Tensor
+    lbar_u: torch.Tensor
+    lbar_w: torch.Tensor
+    target_loss: torch.Tensor
+
+
+def init_state(model: nn.Module, n_sources: int, lr_model: float, lr_lambda: float, weight_decay: float,
+               lambda_weight_decay: float) -> SolverState:
+    """u and w as two independent deep copies of ``model``, λ = 0 (uniform weights), one AdamW each.
+
+    λ is fp32 (fp64 for an fp64 model) on the model's device whatever the model's dtype.
+    """
+    u, w = copy.deepcopy(model), copy.deepcopy(model)
+    ref = next(model.parameters())
+    dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    logits = torch.zeros(n_sources, dtype=dtype, device=ref.device, requires_grad=True)
+    return SolverState(
+        u=u, w=w, logits=logits,
+        opt_u=torch.optim.AdamW(u.parameters(), lr=lr_model, weight_decay=weight_decay),
+        opt_w=torch.optim.AdamW(w.parameters(), lr=lr_model, weight_decay=weight_decay),
+        opt_lambda=torch.optim.AdamW([logits], lr=lr_lambda, weight_decay=lambda_weight_decay),
+    )
+
+
+def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, alpha: float, n_sources: int,
+                     *, step: int = 0,
+                     per_example_loss_fn: LossFn = per_example_loss, target_loss_fn: LossFn = token_mean_loss,
+                     eval_mode: bool = True, autocast_bf16: bool = False) -> StepLosses:
+    """Write ∂surrogate/∂x into ``x.grad`` for x in u, w, λ (grads are reset first); no parameter changes.
+
+    Args:
+        state: models, logits and optimizers.
+        train_batch: batch B with ``source_ids``, passed to ``per_example_loss_fn`` for both u and w.
+        val_batch: target batch V, passed to ``target_loss_fn`` for w.
+        alpha: penalty α.
+        n_sources: K.
+        step: step index, only for the error message.
+        per_example_loss_fn: per-example training loss ``[B]``; response-token mean NLL by default.
+        target_loss_fn: scalar target loss L1; token-mean NLL over V by default.
+        eval_mode: compute L1 with w in eval mode (no dropout).
+        autocast_bf16: run the model passes under CUDA bf16 autocast.
+
+    Raises:
+        NonFiniteLossError: a loss is NaN/inf (checked before its backward).
+    """
+    for model in (state.u, state.w):
+        model.zero_grad(set_to_none=True)
+    state.logits.grad = None
+    p = weights(state.logits)
+    source_ids = train_batch["source_ids"]
+    with _autocast(autocast_bf16):
+        lbar_u = _finite(source_means(per_example_loss_fn(state.u, train_batch), source_ids, n_sources), step)
+    (p.detach().to(lbar_u.dtype) @ lbar_u).backward()
+    with _autocast(autocast_bf16):
+        lbar_w = _finite(source_means(per_example_loss_fn(state.w, train_batch), source_ids, n_sources), step)
+    (alpha * (p.detach().to(lbar_w.dtype) @ lbar_w)).backward()
+    with _autocast(autocast_bf16), _mode(state.w, train=not eval_mode):
+        target = _finite(target_loss_fn(state.w, val_batch), step)
+    target.backward()
+    lbar_u, lbar_w = lbar_u.detach(), lbar_w.detach()
+    (alpha * (p @ (lbar_w - lbar_u).to(p.dtype))).backward()
+    return StepLosses(p.detach(), lbar_u, lbar_w, target.detach())
+
+
+def scalebio_step(state: SolverState, train_batch: Batch, val_batch: Batch, *,
+                  alpha: float, lr_model: float, lr_lambda: float, lr_scale: float = 1.0,
+                  grad_clip: float | None = 1.0, n_sources: int, step: int = 0,
+                  per_example_loss_fn: LossFn = per_example_loss, target_loss_fn: LossFn = token_mean_loss,
+                  eval_mode: bool = True, autocast_bf16: bool = False) -> dict[str, Any]:
+    """One Jacobi update: gradients at the current point, clip, then one AdamW step each for u, w and λ.
+
+    The learning rates are ``lr_scale · lr_model`` (u, w) and ``lr_scale · lr_lambda`` (λ). Clipping bounds
+    ||∇u|| by ``grad_clip`` and ||∇w|| by ``alpha · grad_clip``. Other arguments are those of
+    :func:`accumulate_grads`.
+
+    Returns:
+        Plain metrics of the pre-update point: ``p``, ``loss_u``, ``loss_w`` (per-source batch means, lists),
+        ``target_loss``, ``gap`` (L2(λ,w) − L2(λ,u) on B), pre-clip ``grad_norm_u``/``_w``/``_lambda`` and
+        ``tokens`` (non-padding tokens of B and V).
+
+    Raises:
+        NonFiniteLossError: a loss or gradient norm is NaN/inf; then no parameter was updated.
+    """
+    losses = accumulate_grads(state, train_batch, val_batch, alpha, n_sources, step=step,
+                              per_example_loss_fn=per_example_loss_fn, target_loss_fn=target_loss_fn,
+                              eval_mode=eval_mode, autocast_bf16=autocast_bf16)
+    norm_u = _clip(state.u, grad_clip, step)
+    norm_w = _clip(state.w, None if grad_clip is None else alpha * grad_clip, step)
+    norm_lambda = float(state.logits.grad.norm())
+    for opt, lr in ((state.opt_u, lr_model), (state.opt_w, lr_model), (state.opt_lambda, lr_lambda)):
+        for group in opt.param_groups:
+            group["lr"] = lr_scale * lr
+        opt.step()
+    return {
+        "p": losses.p.tolist(), "loss_u": losses.lbar_u.tolist(), "loss_w": losses.lbar_w.tolist(),
+        "target_loss": float(losses.target_loss),
+        "gap": float(losses.p @ (losses.lbar_w - losses.lbar_u).to(losses.p.dtype)),
+        "grad_norm_u": norm_u, "grad_norm_w": norm_w, "grad_norm_lambda": norm_lambda,
+        "tokens": _tokens(train_batch) + _tokens(val_batch),
+    }
+
+
+def _finite(loss: torch.Tensor, step: int) -> torch.Tensor:
+    if not bool(torch.isfinite(loss).all()):
+        raise NonFiniteLossError(step)
+    return loss
+
+
+def _clip(model: nn.Module, max_norm: float | None, step: int) -> float:
+    grads = [p for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm is None:
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
+    else:
+        norm = float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+    if norm != norm or norm in (float("inf"), float("-inf")):
+        raise NonFiniteLossError(step, "gradient")
+    return norm
+
+
+def _tokens(batch: dict[str, torch.Tensor]) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else len(next(iter(batch.values())))
+
+
+def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, train: bool) -> Iterator[None]:
+    was = model.training
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.train(was)

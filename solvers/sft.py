@@ -1,0 +1,144 @@
+"""The one supervised fine-tuning recipe every method's data is judged with.
+
+`curate compare` trains the same base model on each method's selection and evaluates it on the target split;
+the comparison is only fair if nothing but the data changes. So this module fixes the recipe: AdamW, linear
+warmup then cosine decay to 0, gradient clipping at 1.0, rows drawn uniformly over the given set
+(``SourceSampler`` in proportional mode: the mixture *is* the data), and the response-token mean loss over the
+batch (ALGORITHMS.md §1.4). Seeded runs are bit-for-bit repeatable on one device, and the global torch RNG is
+left as it was found.
+
+Usage::
+
+    model, history = finetune(model, data, steps=200, lr=3e-4, batch_size=16, seed=0)
+    history["loss"][-1]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from solvers.data import SourceSampler, TokenizedSet
+from solvers.lm import IGNORE, token_mean_loss
+
+GRAD_CLIP = 1.0
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def lr_at(step: int, steps: int, peak_lr: float, warmup_steps: int) -> float:
+    """Learning rate of 0-based ``step``: linear warmup to ``peak_lr``, then cosine decay to 0 at ``steps``.
+
+    The warmup starts at ``peak_lr / warmup_steps`` rather than 0 so the first step is never wasted.
+    """
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def finetune(
+    model: nn.Module,
+    data: TokenizedSet,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    warmup_ratio: float = 0.03,
+    weight_decay: float = 0.0,
+    on_step: StepCallback | None = None,
+) -> tuple[nn.Module, dict[str, list[float]]]:
+    """Fine-tune ``model`` in place on ``data`` with the fixed comparison recipe.
+
+    Args:
+        model: A causal LM taking ``input_ids``/``attention_mask`` and returning ``.logits``; trained where it
+            sits (its device and dtype are kept).
+        data: Rows to train on, already in the proportions to compare (a resampled selection); loss is on
+            response tokens only, as masked in ``data.labels``.
+        steps: Optimizer steps (each one batch).
+        lr: Peak learning rate after warmup.
+        batch_size: Rows per step, drawn without replacement within an epoch.
+        seed: Seeds the row order and any dropout, so two runs with the same seed give the same parameters.
+        warmup_ratio: Fraction of ``steps`` spent warming up (rounded up to whole steps).
+        weight_decay: AdamW decoupled decay, applied to matrices only; norms and biases are never decayed
+            because shrinking them changes the function rather than regularising it.
+        on_step: Called after each step with ``(step, {"loss", "lr", "grad_norm", "n_tokens"})``, e.g. for a
+            progress bar.
+
+    Returns:
+        The trained model (the same object) and the history ``{"loss", "lr", "grad_norm", "n_tokens"}``, one
+        value per step; ``loss`` is the batch's response-token mean before the update.
+
+    Raises:
+        ValueError: On an empty ``data`` or a non-positive ``steps``/``lr``/``batch_size`` or a warmup ratio
+            outside ``[0, 1)``.
+        FloatingPointError: When a batch loss is NaN or infinite (the step is not applied).
+    """
+    _check_args(data, steps, lr, batch_size, warmup_ratio)
+    device = next(model.parameters()).device
+    warmup_steps = math.ceil(warmup_ratio * steps)
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    sampler = SourceSampler(data, batch_size, seed, mode="proportional")
+    history: dict[str, list[float]] = {"loss": [], "lr": [], "grad_norm": [], "n_tokens": []}
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        torch.manual_seed(seed)
+        for step in range(steps):
+            step_lr = lr_at(step, steps, lr, warmup_steps)
+            metrics = _train_step(model, optimizer, _to(sampler.next(), device), step_lr, step)
+            for key, value in metrics.items():
+                history[key].append(value)
+            if on_step is not None:
+                on_step(step, metrics)
+    model.train(was_training)
+    return model, history
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+                step_lr: float, step: int) -> dict[str, float]:
+    for group in optimizer.param_groups:
+        group["lr"] = step_lr
+    loss = token_mean_loss(model, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"finetune: loss is {loss.item()} at step {step}; lower lr or check data")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    optimizer.step()
+    n_tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+    return {"loss": float(loss.detach()), "lr": step_lr, "grad_norm": float(grad_norm), "n_tokens": n_tokens}
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _check_args(data: TokenizedSet, steps: int, lr: float, batch_size: int, warmup_ratio: float) -> None:
+    if len(data) == 0:
+        raise ValueError("finetune: data has no rows")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"finetune: steps and batch_size must be >= 1 (got {steps}, {batch_size})")
+    if not lr > 0:
+        raise ValueError(f"finetune: lr must be > 0 (got {lr})")
+    if not 0.0 <= warmup_ratio < 1.0:
+        raise ValueError(f"finetune: warmup_ratio must be in [0, 1) (got {warmup_ratio})")
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    # fork_rng must also save/restore the CUDA generator when dropout runs there, else the caller's stream
+    # shifts.
+    return [device.index or 0] if device.type == "cuda" else []

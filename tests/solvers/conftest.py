@@ -1,0 +1,37 @@
+"""Shared fixtures for the solver tests: one CPU thread, offline hub, a tiny arithmetic corpus and tokenizer."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)  # the test machine has 2 cores shared between several runs
+
+
+def make_arithmetic_rows(n: int, seed: int, noise: float = 0.0, corrupt: str = ".") -> tuple[list[str], list[str]]:
+    """``n`` prompts "What is a + b?" with the true sum as response, a ``noise`` fraction replaced by ``corrupt``."""
+    rng = random.Random(seed)
+    prompts, responses = [], []
+    for _ in range(n):
+        a, b = rng.randrange(10, 50), rng.randrange(10, 50)
+        prompts.append(f"What is {a} + {b}?")
+        responses.append(corrupt if rng.random() < noise else str(a + b))
+    return prompts, responses
+
+
+@pytest.fixture(scope="session")
+def arithmetic_rows():
+    """The row generator :func:`make_arithmetic_rows`, as a fixture so test modules need not import conftest."""
+    return make_arithmetic_rows
+
+
+@pytest.fixture(scope="session")
+def arithmetic_tokenizer():
+    from solvers.lm import train_tokenizer
+
+    prompts, responses = make_arithmetic_rows(400, seed=123)
+    return train_tokenizer([f"{p} {r}" for p, r in zip(prompts, responses, strict=True)] + ["."], vocab_size=300)
