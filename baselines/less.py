@@ -262,16 +262,15 @@ def _snapshot(
 
 
 def _one_example_loss(
-    model: nn.Module,
-    params: dict[str, torch.Tensor],
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
+    model: nn.Module, params: dict[str, torch.Tensor], input_ids: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
+    # No attention mask: with right padding and a causal model, pads come after every real token and so cannot
+    # change a real token's logits. Passing the mask would send HF's mask builders (sdpa's "is the mask all
+    # ones?" check) into data-dependent control flow, which vmap cannot trace.
     def forward(**kwargs: torch.Tensor) -> object:
         return functional_call(model, params, (), kwargs)
 
-    batch = {"input_ids": input_ids[None], "attention_mask": attention_mask[None], "labels": labels[None]}
+    batch = {"input_ids": input_ids[None], "attention_mask": None, "labels": labels[None]}
     return per_example_loss(forward, batch)[0]  # type: ignore[arg-type]
 
 
@@ -281,10 +280,17 @@ def per_example_grads(
     """Gradient of each example's response-token-mean loss w.r.t. ``params``, flattened: ``[B, Σ numel]``.
 
     One ``vmap(grad(...))`` call over the batch (``torch.func``); ``model`` should be in eval mode. Parameters
-    not in ``params`` are taken from ``model`` and treated as constants.
+    not in ``params`` are taken from ``model`` and treated as constants. The batch must be right-padded (what
+    :func:`solvers.lm.collate` produces), so the forward pass needs no attention mask.
+
+    Raises:
+        ValueError: when ``attention_mask`` shows left padding or holes.
     """
-    fn = vmap(grad(partial(_one_example_loss, model)), in_dims=(None, 0, 0, 0))
-    grads = fn(params, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    mask = batch["attention_mask"]
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise ValueError("per_example_grads needs right-padded batches (attention_mask like 1..1 0..0)")
+    fn = vmap(grad(partial(_one_example_loss, model)), in_dims=(None, 0, 0))
+    grads = fn(params, batch["input_ids"], batch["labels"])
     return torch.cat([grads[n].reshape(batch["input_ids"].size(0), -1) for n in params], dim=1)
 
 
@@ -296,9 +302,7 @@ def per_example_grads_loop(
     for i in range(batch["input_ids"].size(0)):
         n = int(batch["attention_mask"][i].sum())
         live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        loss = _one_example_loss(
-            model, live, batch["input_ids"][i, :n], batch["attention_mask"][i, :n], batch["labels"][i, :n]
-        )
+        loss = _one_example_loss(model, live, batch["input_ids"][i, :n], batch["labels"][i, :n])
         grads = torch.autograd.grad(loss, list(live.values()), allow_unused=True)
         rows.append(
             torch.cat(

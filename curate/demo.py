@@ -66,5 +66,5 @@ DEMO_CONFIG: dict[str, Any] = {
     "less": {"warmup_epochs": 1, "proj_dim": 1024, "select_fraction": 0.2},
     "rho": {"reference_steps": 100, "select_fraction": 0.2},
     "doremi": {"reference_steps": 100, "proxy_steps": 100},
-    "recipe": {"steps": 300, "lr": 3e-3, "batch_size": 16, "eval_limit": 200, "max_new_tokens": 6},
+    "recipe": {"steps": 250, "lr": 3e-3, "batch_size": 16, "eval_limit": 150, "max_new_tokens": 6},
 }

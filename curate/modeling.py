@@ -55,7 +55,8 @@ def load_model(spec: str, texts: list[str], *, seed: int, max_len: int, tiny: Ti
 
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        # Eager attention: per-example gradients (LESS, torch.func.vmap) cannot trace SDPA's mask logic.
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation="eager")
     except (OSError, ValueError) as e:
         raise DataError(f"--model: cannot load {path} ({str(e).splitlines()[0][:160]}); "
                         "it needs config.json, weights and a tokenizer") from None

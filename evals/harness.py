@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ def heldout_loss(model: nn.Module, data: TokenizedSet, batch_size: int) -> dict[
     Returns:
         ``{"loss", "ppl", "per_source": {source: loss}, "per_source_example_mean": {source: loss},
         "n_examples", "n_tokens", "per_source_tokens": {source: n}}``. Sources without rows are absent; rows
-        with no response tokens count towards ``n_examples`` only.
+        with no response tokens count towards ``n_examples`` only (``loss`` is NaN if no row has any).
     """
     if len(data) == 0 or batch_size < 1:
         raise ValueError(f"heldout_loss: need rows and batch_size >= 1 (got {len(data)} rows, {batch_size})")
@@ -158,9 +158,9 @@ def generate_greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], te
         for start in range(0, len(prompts), batch_size):
             encoded = [prompt_ids(tokenizer, p, template) for p in prompts[start:start + batch_size]]
             input_ids, mask = _left_pad(encoded, pad_id)
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=pad_id, eos_token_id=eos_ids)
+            out = cast(Any, model).generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_ids)
             texts.extend(_decode_new(tokenizer, row[input_ids.shape[1]:].tolist(), eos_ids) for row in out)
     finally:
         model.train(was_training)

@@ -37,7 +37,7 @@ def render_all(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict[s
     """Every plot the data supports: ``weights``, ``trajectory``, ``metrics``, ``cost`` (absent if empty)."""
     plots = {
         "weights": plot_weights(summary),
-        "trajectory": plot_trajectories(results, method_colours(summary)),
+        "trajectory": plot_trajectories(results),
         "metrics": plot_metrics(summary),
         "cost": plot_cost(summary),
     }
@@ -66,7 +66,7 @@ def plot_weights(summary: Mapping[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def plot_trajectories(results: Mapping[str, Any], colours: Mapping[str, str] | None = None) -> bytes | None:
+def plot_trajectories(results: Mapping[str, Any]) -> bytes | None:
     """Weight of each source over steps: one panel per method with a trajectory, one line style per seed."""
     panels = [(name, [r for r in runs if r.get("trajectory")]) for name, runs in results["methods"].items()]
     panels = [(name, runs) for name, runs in panels if runs]

@@ -45,9 +45,10 @@ def test_target_modules_found_generically(base_model):
     assert lora_target_modules(base_model) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
-@pytest.fixture(scope="module")
-def lora_model(base_model):
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def lora_model(base_model, request):
     model = add_lora(base_model, LessConfig(lora_r=2, lora_dropout=0.0, target_modules=("q_proj", "v_proj")))
+    model.config._attn_implementation = request.param  # HF checkpoints usually load with sdpa
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # LoRA B starts at 0, which would make every A-gradient trivially 0
         for name, p in model.named_parameters():
@@ -66,6 +67,13 @@ def test_vmap_grads_equal_python_loop(planted, lora_model):
     assert fast.shape == (len(rows), sum(p.numel() for p in params.values()))
     assert fast.abs().max() > 1e-3
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_vmap_grads_reject_left_padding(planted, lora_model):
+    batch = planted.train.batch([0, 199])
+    batch = {k: v.flip(1) if k != "source_ids" else v for k, v in batch.items()}
+    with pytest.raises(ValueError, match="right-padded"):
+        per_example_grads(lora_model, lora_params(lora_model), batch)
 
 
 def test_adam_direction_formula():

@@ -1,0 +1,192 @@
+"""Cost of one ScaleBiO step against one plain AdamW fine-tuning step on the same model and batch.
+
+Run:  .venv/bin/python benchmarks/bench_solver.py            (defaults: ~10M-param Llama, batch 8 x 128, CPU)
+      .venv/bin/python benchmarks/bench_solver.py --help
+
+Time: each variant (fine-tuning, ScaleBiO, ScaleBiO + LISA) is built once in this process; after warm-up steps
+the variants take turns step by step (so load from other processes hits all of them alike) and the median step
+time is reported. A ScaleBiO step is u on B, w on B and w on the target batch V (same shape as B): three
+forward/backward passes and two model optimizer steps, so ~3x is the expected cost (ALGORITHMS.md §4.4).
+
+Memory: each variant runs a few steps in a fresh subprocess that reports its peak resident set size
+(``getrusage`` ru_maxrss) and its RSS just before the models are built (after importing torch/transformers and
+building the batches). The difference ("above floor") is what the method itself holds: the model copies (for
+ScaleBiO the caller's model plus u and w), gradients, AdamW moments and activations. The ratio of totals is
+diluted by the ~0.3-0.5 GB every torch process holds, so both are printed. Not a test; numbers vary with load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+from solvers.lm import per_example_loss, tiny_llama
+from solvers.scalebio.lisa import Lisa
+from solvers.scalebio.step import init_state, scalebio_step
+
+VARIANTS = ("finetune", "scalebio", "scalebio_lisa")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--sources", type=int, default=4)
+    ap.add_argument("--lisa-layers", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median reported)")
+    ap.add_argument("--memory-steps", type=int, default=3, help="steps per variant in the memory subprocesses")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def make_batch(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
+    """Random tokens; the first quarter of each row is a masked prompt, the rest is the response."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, args.vocab, (args.batch, args.seq), generator=g)
+    labels = ids.clone()
+    labels[:, : args.seq // 4] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "source_ids": torch.arange(args.batch) % args.sources}
+
+
+class FineTune:
+    """Plain full fine-tuning: the same loss (response-token mean per example), clipping and AdamW."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-4)
+
+    def step(self, batch: dict[str, torch.Tensor], _val: dict[str, torch.Tensor]) -> None:
+        self.model.zero_grad(set_to_none=True)
+        per_example_loss(self.model, batch).mean().backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+
+
+class ScaleBiO:
+    """One ScaleBiO step (u, w and λ updates), optionally with LISA on u and w."""
+
+    def __init__(self, model: torch.nn.Module, n_sources: int, lisa_layers: int | None) -> None:
+        self.state = init_state(model, n_sources, 1e-4, 1e-2, 5e-4, 0.01)
+        self.n_sources, self.t = n_sources, 0
+        self.lisa = Lisa([self.state.u, self.state.w], lisa_layers, 20, 0) if lisa_layers else None
+
+    def step(self, batch: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> None:
+        if self.lisa is not None:
+            self.lisa.maybe_redraw(self.t, [self.state.opt_u, self.state.opt_w])
+        scalebio_step(self.state, batch, val, alpha=10.0, lr_model=1e-4, lr_lambda=1e-2,
+                      n_sources=self.n_sources)
+        self.t += 1
+
+
+def build(variant: str, model: torch.nn.Module, args: argparse.Namespace) -> FineTune | ScaleBiO:
+    if variant == "finetune":
+        return FineTune(model)
+    return ScaleBiO(model, args.sources, args.lisa_layers if variant == "scalebio_lisa" else None)
+
+
+def new_model(args: argparse.Namespace) -> torch.nn.Module:
+    return tiny_llama(args.vocab, hidden=args.hidden, layers=args.layers, heads=4, max_len=args.seq)
+
+
+def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
+    batch, val = make_batch(args, 0), make_batch(args, 1)
+    runners = {v: build(v, new_model(args), args) for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for i in range(args.warmup + args.repeats):
+        for v, runner in runners.items():
+            start = time.perf_counter()
+            runner.step(batch, val)
+            if i >= args.warmup:
+                times[v].append(time.perf_counter() - start)
+    return times
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    batch, val = make_batch(args, 0), make_batch(args, 1)
+    floor = rss_bytes()
+    runner = build(args.memory_child, new_model(args), args)
+    for _ in range(args.memory_steps):
+        runner.step(batch, val)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"floor": floor, "peak": peak}))
+
+
+def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    out = {}
+    for v in VARIANTS:
+        cmd = [sys.executable, __file__, "--memory-child", v] + [
+            f"--{k.replace('_', '-')}={getattr(args, k)}"
+            for k in ("vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "memory_steps",
+                      "threads")]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[v] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None) -> str:
+    n_params = sum(p.numel() for p in new_model(args).parameters())
+    blocks = n_params - 2 * args.vocab * args.hidden - args.hidden
+    tokens = args.batch * args.seq
+    base = statistics.median(times["finetune"])
+    lines = [
+        f"model: Llama {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}: {n_params / 1e6:.2f}M params "
+        f"({100 * (1 - blocks / n_params):.0f}% in embeddings + head); batch {args.batch} x {args.seq}; "
+        f"{args.threads} threads; median of {args.repeats} steps after {args.warmup} warm-up",
+        "",
+        f"{'variant':<16}{'s/step':>9}{'x finetune':>12}{'train tok/s':>13}{'peak MiB':>10}{'above floor':>13}"
+        f"{'x finetune':>12}",
+    ]
+    for v in VARIANTS:
+        med = statistics.median(times[v])
+        row = f"{v:<16}{med:>9.3f}{med / base:>12.2f}{tokens / med:>13.0f}"
+        if memory is not None:
+            peak, above = memory[v]["peak"], memory[v]["peak"] - memory[v]["floor"]
+            base_above = memory["finetune"]["peak"] - memory["finetune"]["floor"]
+            row += f"{peak / 2**20:>10.0f}{above / 2**20:>13.0f}{above / base_above:>12.2f}"
+        lines.append(row)
+    lines += [
+        "",
+        "targets: ScaleBiO <= 3.0x fine-tuning time, ScaleBiO + LISA <= 2.5x.",
+        "train tok/s counts the training batch B only (ScaleBiO also reads a target batch V of the same size).",
+    ]
+    if memory is not None:
+        lines.append("memory: peak RSS (ru_maxrss) of a fresh process per variant; 'above floor' subtracts the RSS "
+                     "measured after imports and batch creation, before any model is built.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.memory_child:
+        memory_child(args)
+        return
+    torch.set_num_threads(args.threads)
+    times = time_steps(args)
+    memory = None if args.skip_memory else measure_memory(args)
+    print(report(args, times, memory))
+
+
+if __name__ == "__main__":
+    main()
