@@ -135,7 +135,11 @@ def _reference(
     on_step: StepCallback | None,
 ) -> nn.Module:
     data = target if cfg.reference_data == "target" else train
-    mode = "stratified" if cfg.reference_data == "uniform" else "proportional"
+    if data is None:
+        raise ValueError("doremi with reference_data='target' needs target=...")
+    mode: Literal["stratified", "proportional"] = (
+        "stratified" if cfg.reference_data == "uniform" else "proportional"
+    )
     return finetune(
         model,
         data,

@@ -77,7 +77,7 @@ class LessConfig:
     """Share of warmup steps with a linearly rising learning rate; the rest decays linearly to 0."""
     lora_r: int = 8
     """LoRA rank (LESS: 128 for 7B; 8–32 is the small-scale recipe)."""
-    lora_alpha: float = 32.0
+    lora_alpha: int = 32
     """LoRA scaling numerator (LESS keeps alpha = 4 r)."""
     lora_dropout: float = 0.1
     """LoRA dropout during warmup; gradient features are taken in eval mode, without dropout."""
@@ -120,7 +120,8 @@ class LessConfig:
         ):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
-        for name in ("lr", "lora_alpha", "adam_eps", "feature_buffer_mb"):
+        check_int("lora_alpha", self.lora_alpha, 1)
+        for name in ("lr", "adam_eps", "feature_buffer_mb"):
             check_positive(name, getattr(self, name))
         check_fraction("warmup_ratio", self.warmup_ratio, low_open=False)
         check_fraction("lora_dropout", self.lora_dropout, low_open=False)
@@ -445,7 +446,9 @@ def run_less(
     order = sorted(range(len(train)), key=lambda i: (-float(scores[i]), i))[
         : n_selected(len(train), cfg.select_fraction)
     ]
-    info.update(warmup_rows=len(rows_w), target_modules=sorted(wrapped.peft_config["default"].target_modules))
+    info.update(
+        warmup_rows=len(rows_w), target_modules=list(cfg.target_modules) or lora_target_modules(model)
+    )
     return MethodResult(
         weights=selection_weights(train, order, names),
         scores=scores_table(train, scores.tolist()),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -33,7 +33,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def subset(data: TokenizedSet, rows: Sequence[int]) -> TokenizedSet:
+def subset(data: TokenizedSet, rows: Iterable[int] | np.ndarray) -> TokenizedSet:
     """The rows ``rows`` of ``data`` as a new set with the same source list (ids are kept when present)."""
     rows = [int(r) for r in rows]
     return TokenizedSet(

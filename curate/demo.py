@@ -63,8 +63,10 @@ DEMO_CONFIG: dict[str, Any] = {
     "max_len": 96,
     "tiny": {"vocab_size": 384, "hidden": 64, "layers": 2, "heads": 4},
     "scalebio": {"steps": 200, "batch_size": 40, "val_batch_size": 32, "alpha": 10.0},
-    "less": {"warmup_epochs": 1, "proj_dim": 1024, "select_fraction": 0.2},
-    "rho": {"reference_steps": 100, "select_fraction": 0.2},
-    "doremi": {"reference_steps": 100, "proxy_steps": 100},
+    # Tiny models trained from scratch need far larger learning rates than the papers' 7B-scale defaults.
+    "less": {"lr": 1e-2, "warmup_epochs": 2, "proj_dim": 1024, "select_fraction": 0.2, "grad_batch_size": 32},
+    "rho": {"reference_steps": 100, "reference_lr": 3e-3, "select_fraction": 0.2},
+    "doremi": {"reference_data": "target", "reference_steps": 100, "reference_lr": 3e-3, "proxy_steps": 100,
+               "proxy_lr": 1e-3},
     "recipe": {"steps": 250, "lr": 3e-3, "batch_size": 16, "eval_limit": 150, "max_new_tokens": 6},
 }

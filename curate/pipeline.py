@@ -159,7 +159,11 @@ def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], po
         return _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
     from baselines import run as run_baseline
 
-    res = run_baseline(settings.method, cfg, counts=counts, model=model, train=train, target=tgt, on_step=on_step)
+    try:
+        res = run_baseline(settings.method, cfg, counts=counts, model=model, train=train, target=tgt,
+                           on_step=on_step)
+    except ValueError as e:
+        raise ConfigError(f"{settings.method}: {e}") from None
     return {"weights": res.weights, "scores": res.scores, "trajectory": res.trajectory,
             "diagnostics": res.info}
 

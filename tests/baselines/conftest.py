@@ -83,9 +83,13 @@ def rank_auroc(scores: list[float], positive: list[bool]) -> float:
     return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _threads():
-    torch.set_num_threads(1)  # 2 shared cores; tiny models gain nothing from more threads
+@pytest.fixture(scope="package", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from more threads on a shared 2-core box; restored for other packages."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """LESS: batched per-example gradients, warmup checkpoints, influence scores on planted noise."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -118,9 +119,7 @@ def test_task_max_is_max_over_single_task_scores(planted, base_model):
     ckpts = warmup(model, subset(pool, range(16)), cfg)
     t = planted.target
     two_tasks = type(t)(t.input_ids, t.labels, np.arange(len(t)) % 2, ["even", "odd"], [], t.pad_id)
-    both, info = influence_scores(
-        model, pool, two_tasks, ckpts, LessConfig(**{**vars(cfg), "tasks": "by_source"})
-    )
+    both, info = influence_scores(model, pool, two_tasks, ckpts, dataclasses.replace(cfg, tasks="by_source"))
     single = [
         influence_scores(model, pool, subset(two_tasks, range(r, len(t), 2)), ckpts, cfg)[0] for r in (0, 1)
     ]
