@@ -9,6 +9,7 @@ on one named source alone, as a ceiling.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -71,7 +72,9 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, log: Log = pr
     from evals.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "compare_config.json", _jsonable(settings))
+    config = _jsonable(settings)
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    write_json(out_dir / "compare_config.json", {**config, "config_hash": config_hash})
     test = _eval_rows(db, settings.eval_split)
     arms = list(settings.methods) + (["oracle"] if settings.oracle else [])
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in arms}
@@ -79,10 +82,12 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, log: Log = pr
         base = _base_model(db, settings, out_dir, seed)
         for arm in arms:
             cell = out_dir / "cells" / f"{arm}-seed{seed}.json"
-            if not cell.exists():
+            done = json.loads(cell.read_text()) if cell.exists() else {}
+            if done.get("config_hash") != config_hash:  # a finished cell is reused only under the same settings
                 log(f"seed {seed}: {arm}")
-                write_json(cell, _run_cell(db, settings, arm, seed, base, test, out_dir, on_step))
-            results[arm].append(json.loads(cell.read_text()))
+                done = {**_run_cell(db, settings, arm, seed, base, test, out_dir, on_step), "config_hash": config_hash}
+                write_json(cell, done)
+            results[arm].append({k: v for k, v in done.items() if k != "config_hash"})
     report = {"methods": results, "baseline": "uniform" if "uniform" in arms else arms[0],
               "headline_method": "scalebio" if "scalebio" in arms else arms[-1], "main_metric": "accuracy",
               "target": f"{settings.reweight.target} -> {settings.eval_split} split ({len(test)} rows)",
