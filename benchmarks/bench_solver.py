@@ -9,7 +9,7 @@ time is reported. A ScaleBiO step is u on B, w on B and w on the target batch V 
 forward/backward passes and two model optimizer steps, so ~3x is the expected cost (ALGORITHMS.md §4.4).
 
 Memory: each variant runs a few steps in a fresh subprocess that reports its peak resident set size
-(``getrusage`` ru_maxrss) and its RSS just before the models are built (after importing torch/transformers and
+(VmHWM from /proc/self/status) and its RSS just before the models are built (after importing torch/transformers and
 building the batches). The difference ("above floor") is what the method itself holds: the model copies (for
 ScaleBiO the caller's model plus u and w), gradients, AdamW moments and activations. The ratio of totals is
 diluted by the ~0.3-0.5 GB every torch process holds, so both are printed. Not a test; numbers vary with load.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -117,19 +116,27 @@ def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
     return times
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), in bytes.
+
+    VmHWM is the peak of this process image; ``getrusage``'s ru_maxrss is not usable here because Linux carries
+    it across ``execve``, so a child would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     batch, val = make_batch(args, 0), make_batch(args, 1)
-    floor = rss_bytes()
+    floor = proc_status_bytes("VmRSS")
     runner = build(args.memory_child, new_model(args), args)
     for _ in range(args.memory_steps):
         runner.step(batch, val)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = proc_status_bytes("VmHWM")
     print(json.dumps({"floor": floor, "peak": peak}))
 
 
@@ -172,7 +179,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
         "train tok/s counts the training batch B only (ScaleBiO also reads a target batch V of the same size).",
     ]
     if memory is not None:
-        lines.append("memory: peak RSS (ru_maxrss) of a fresh process per variant; 'above floor' subtracts the RSS "
+        lines.append("memory: peak RSS (VmHWM) of a fresh process per variant; 'above floor' subtracts the RSS "
                      "measured after imports and batch creation, before any model is built.")
     return "\n".join(lines)
 
@@ -183,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         memory_child(args)
         return
     torch.set_num_threads(args.threads)
-    times = time_steps(args)
     memory = None if args.skip_memory else measure_memory(args)
+    times = time_steps(args)
     print(report(args, times, memory))
 
 

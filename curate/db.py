@@ -3,7 +3,8 @@
 One file, no server. Opening maps DuckDB's failures to one-line errors: another process holding the lock, or a
 file that is not a DuckDB database. Tables (DESIGN.md §4): ``examples``, ``rejects``, ``ingests`` (one ledger row per
 ingested file, source and split; it makes re-ingesting a file a no-op), ``runs``, ``weights``, ``scores``,
-``eval_results`` and ``meta`` (schema version).
+``eval_results`` and ``meta`` (schema version). In ``examples``, ``text`` and ``messages`` are virtual columns derived
+from ``prompt``/``response`` (chat rows keep their full turns in ``chat_messages``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS examples (
     example_id VARCHAR NOT NULL, source VARCHAR NOT NULL, split VARCHAR NOT NULL,
-    prompt VARCHAR, response VARCHAR, text VARCHAR, messages VARCHAR,
-    content_hash VARCHAR NOT NULL, n_chars BIGINT, origin VARCHAR, origin_row BIGINT
+    prompt VARCHAR, response VARCHAR, chat_messages VARCHAR,
+    content_hash VARCHAR NOT NULL, n_chars BIGINT, origin VARCHAR, origin_row BIGINT,
+    -- Derived columns are computed on read, so ingest writes each string once.
+    text VARCHAR GENERATED ALWAYS AS (
+        CASE WHEN prompt = '' THEN response ELSE prompt || chr(10) || chr(10) || response END) VIRTUAL,
+    messages VARCHAR GENERATED ALWAYS AS (coalesce(chat_messages, CASE WHEN prompt = '' THEN NULL ELSE
+        '[{"role":"user","content":' || to_json(prompt)::VARCHAR || '},{"role":"assistant","content":'
+        || to_json(response)::VARCHAR || '}]' END)) VIRTUAL
 );
 CREATE TABLE IF NOT EXISTS rejects (
     origin VARCHAR, origin_row BIGINT, source VARCHAR, split VARCHAR, reason VARCHAR, raw VARCHAR

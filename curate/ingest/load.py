@@ -15,7 +15,7 @@ import duckdb
 
 from curate.errors import DataError
 from curate.ingest.normalize import SCHEMAS, SOURCE_NAME_RE, detect_schema, normalized_select
-from curate.ingest.readers import detect_format, discover, load_raw
+from curate.ingest.readers import detect_format, discover, drop_raw, load_raw
 
 SPLITS = ("train", "val", "test")
 DEFAULT_MAX_CHARS = 100_000
@@ -103,7 +103,7 @@ def _ingest_one(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_so
         con.execute("ROLLBACK")
         raise
     finally:
-        con.execute("DROP TABLE IF EXISTS raw")
+        drop_raw(con, "raw")
         con.execute("DROP TABLE IF EXISTS norm")
     return report
 
@@ -111,9 +111,9 @@ def _ingest_one(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_so
 def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: str, split: str, schema: str,
           max_chars: int, digest: str) -> FileReport:
     origin = str(path)
-    load_raw(con, path, fmt, "raw")
+    head = load_raw(con, path, fmt, "raw")
     if schema == "auto":
-        schema = detect_schema(con, "raw", origin)
+        schema = detect_schema(con, head, origin)
     query, args = normalized_select(schema, max_chars, default_source, split)
     # A duplicate repeats an earlier kept row of the same source and split, in this file or already stored.
     con.execute(
@@ -125,8 +125,10 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: 
         args,
     )
     con.execute(
-        """INSERT INTO examples SELECT md5(source || chr(31) || split || chr(31) || content_hash), source, split,
-           prompt, response, text, messages, content_hash, n_chars, ?, origin_row
+        """INSERT INTO examples (example_id, source, split, prompt, response, chat_messages, content_hash, n_chars,
+                                 origin, origin_row)
+           SELECT md5(source || chr(31) || split || chr(31) || content_hash), source, split, prompt, response,
+                  chat_messages, content_hash, n_chars, ?, origin_row
            FROM norm WHERE reason IS NULL AND NOT duplicate""",
         [origin],
     )

@@ -122,8 +122,7 @@ def normalized_select(schema: str, max_chars: int, default_source: str, split: s
         plist = "[" + ", ".join(f"'{p}'" for p in paths) + "]"
         extract = f"json_extract(line, {plist}) AS jv, json_extract_string(line, {plist}) AS sv, NULL AS turns"
         src_raw, src_val = f"jv[{len(paths)}]", f"sv[{len(paths)}]"
-        messages = ("""CASE WHEN prompt = '' THEN NULL ELSE '[{"role":"user","content":' || to_json(prompt) || """
-                    """'},{"role":"assistant","content":' || to_json(response) || '}]' END""")
+        messages = "NULL"  # derived on read (see curate.db)
         hashed = "prompt || chr(31) || response"
     elif schema in ("sharegpt", "messages"):
         key, role, content = ("conversations", "from", "value") if schema == "sharegpt" else (
@@ -133,7 +132,7 @@ def normalized_select(schema: str, max_chars: int, default_source: str, split: s
                    f"NULL AS jv, NULL AS sv, {turns} AS turns")
         src_raw, src_val = "src_j", "src_s"
         messages = f"to_json(list_transform(turns, lambda x: {{'role': {ROLE_MAP}, 'content': x.content}}))::VARCHAR"
-        hashed = "messages"
+        hashed = "chat_messages"
     else:
         raise DataError(f"unknown --schema {schema!r}; use auto or one of: {', '.join(SCHEMAS)}")
     query = f"""
@@ -163,11 +162,10 @@ def normalized_select(schema: str, max_chars: int, default_source: str, split: s
             ELSE NULL END AS reason
         FROM base
     ), final AS (
-        SELECT *, CASE WHEN reason IS NULL THEN {messages} END AS messages FROM checked
+        SELECT *, CASE WHEN reason IS NULL THEN {messages} END AS chat_messages FROM checked
     )
     SELECT origin_row, CASE WHEN reason IS NOT NULL THEN left(raw_line, 2000) END AS raw, reason,
-           CASE WHEN reason IS NULL THEN source0 ELSE ? END AS source, ? AS split, prompt, response, messages,
-           CASE WHEN prompt = '' THEN response ELSE prompt || chr(10) || chr(10) || response END AS text,
+           CASE WHEN reason IS NULL THEN source0 ELSE ? END AS source, ? AS split, prompt, response, chat_messages,
            CASE WHEN reason IS NULL THEN md5({hashed}) END AS content_hash,
            length(prompt) + length(response) AS n_chars
     FROM final

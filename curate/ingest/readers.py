@@ -93,19 +93,21 @@ def bad_utf8_offset(path: Path) -> int | None:
     return None
 
 
-def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = "raw") -> None:
-    """Create temp table ``table(origin_row, line, pre_reason)`` holding one JSON text per input record.
+def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = "raw") -> str:
+    """Create ``table(origin_row, line, pre_reason)`` holding one JSON text per input record.
 
-    ``pre_reason`` is set for records already known to be bad (invalid UTF-8). Raises DataError for files that
-    cannot be read at all (empty, a malformed JSON array, unreadable Parquet).
+    ``pre_reason`` is set for records already known to be bad (invalid UTF-8). Clean JSONL becomes a view over
+    DuckDB's reader (one scan, nothing materialised). Returns the name of a relation holding the first records,
+    for schema detection. Raises DataError for files that cannot be read at all (empty, a malformed JSON array,
+    unreadable Parquet).
     """
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty; nothing to ingest")
-    con.execute(f"DROP TABLE IF EXISTS {table}")
+    drop_raw(con, table)
     try:
         if fmt == "jsonl":
-            _load_jsonl(con, path, table)
-        elif fmt == "json":
+            return _load_jsonl(con, path, table)
+        if fmt == "json":
             _load_json_array(con, path, table)
         elif fmt == "csv":
             _check_utf8_whole(path)
@@ -119,20 +121,34 @@ def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = 
             raise DataError(f"{path}: unknown format {fmt!r}")
     except duckdb.Error as e:
         raise DataError(f"{path}: cannot read as {fmt} ({str(e).strip().splitlines()[0][:160]}); fix the file") from None
+    return table
+
+
+def drop_raw(con: duckdb.DuckDBPyConnection, table: str = "raw") -> None:
+    """Remove the raw relation (a view or a table) and its head."""
+    for name in (table, f"{table}_head"):
+        views = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND temporary", [name]).fetchone()
+        con.execute(f"DROP {'VIEW' if views and views[0] else 'TABLE'} IF EXISTS {name}")
 
 
 _LINES = ("read_csv(?, columns={'line': 'VARCHAR'}, header=false, delim='', quote='', escape='', "
           "auto_detect=false, max_line_size=1000000000)")
 
 
-def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None:
+def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
     if bad_utf8_offset(path) is None:
+        lit = "'" + str(path).replace("'", "''") + "'"
+        lines = _LINES.replace("?", lit)
         con.execute(
-            f"""CREATE TEMP TABLE {table} AS SELECT origin_row, line, NULL::VARCHAR AS pre_reason FROM (
-                  SELECT row_number() OVER () AS origin_row, line FROM {_LINES}) WHERE trim(coalesce(line, '')) <> ''""",
-            [str(path)],
+            f"""CREATE TEMP VIEW {table} AS SELECT origin_row, line, NULL::VARCHAR AS pre_reason FROM (
+                  SELECT row_number() OVER () AS origin_row, line FROM {lines}) WHERE trim(coalesce(line, '')) <> ''"""
         )
-        return
+        con.execute(
+            f"""CREATE TEMP TABLE {table}_head AS SELECT row_number() OVER () AS origin_row, line,
+                NULL::VARCHAR AS pre_reason FROM (SELECT line FROM {lines} LIMIT 2000)
+                WHERE trim(coalesce(line, '')) <> ''"""
+        )
+        return f"{table}_head"
     # Cold path: only files with invalid bytes pay a Python loop, to keep each bad line as its own reject.
     rows = []
     with open(path, "rb") as f:
@@ -147,6 +163,7 @@ def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None:
     con.execute(f"CREATE TEMP TABLE {table} (origin_row BIGINT, line VARCHAR, pre_reason VARCHAR)")
     if rows:
         con.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)", rows)
+    return table
 
 
 def _check_utf8_whole(path: Path) -> None:
