@@ -55,10 +55,11 @@ print(json.dumps({{"seconds": time.perf_counter() - t,
 def generate(path: Path, rows: int) -> None:
     """Alpaca-style rows with ~1% exact duplicates, written by DuckDB (seconds, not minutes)."""
     con = duckdb.connect()
+    distinct = rows - rows // 100
     con.execute(
-        f"""COPY (SELECT 'Explain item ' || (i % {rows - rows // 100}) || ' of the catalogue in plain words' AS instruction,
+        f"""COPY (SELECT 'Explain item ' || (i % {distinct}) || ' of the catalogue in plain words' AS instruction,
                         CASE WHEN i % 3 = 0 THEN 'context ' || i ELSE '' END AS input,
-                        'Item ' || (i % {rows - rows // 100}) || ' is a thing; here is a longer answer about it.' AS output
+                        'Item ' || (i % {distinct}) || ' is a thing; here is a longer answer about it.' AS output
                  FROM range({rows}) r(i)) TO '{path}' (FORMAT json)"""
     )
     con.close()

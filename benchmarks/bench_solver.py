@@ -7,9 +7,8 @@ Time: each variant (fine-tuning, ScaleBiO, ScaleBiO + LISA) is built once in thi
 the variants take turns step by step (so load from other processes hits all of them alike) and the median step
 time is reported. A ScaleBiO step is u on B, w on B and w on the target batch V (same shape as B): three
 forward/backward passes and two model optimizer steps, so ~3x is the expected cost (ALGORITHMS.md §4.4).
-
-Memory: each variant runs a few steps in a fresh subprocess that reports its peak resident set size
-(VmHWM from /proc/self/status) and its RSS just before the models are built (after importing torch/transformers and
+ Memory: each variant runs a few steps in a fresh subprocess that reports its peak resident set size (VmHWM
+from /proc/self/status) and its RSS just before the models are built (after importing torch/transformers and
 building the batches). The difference ("above floor") is what the method itself holds: the model copies (for
 ScaleBiO the caller's model plus u and w), gradients, AdamW moments and activations. The ratio of totals is
 diluted by the ~0.3-0.5 GB every torch process holds, so both are printed. Not a test; numbers vary with load.
@@ -46,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lisa-layers", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median reported)")
-    ap.add_argument("--memory-steps", type=int, default=3, help="steps per variant in the memory subprocesses")
+    ap.add_argument("--memory-steps", type=int, default=3, help="steps per memory subprocess")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -119,8 +118,8 @@ def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
 def proc_status_bytes(field: str) -> int:
     """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), in bytes.
 
-    VmHWM is the peak of this process image; ``getrusage``'s ru_maxrss is not usable here because Linux carries
-    it across ``execve``, so a child would report the parent's peak.
+    VmHWM is the peak of this process image; ``getrusage``'s ru_maxrss is not usable here because Linux
+    carries it across ``execve``, so a child would report the parent's peak.
     """
     with open("/proc/self/status") as f:
         for line in f:
@@ -158,11 +157,13 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
     tokens = args.batch * args.seq
     base = statistics.median(times["finetune"])
     lines = [
-        f"model: Llama {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}: {n_params / 1e6:.2f}M params "
+        f"model: Llama {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}: "
+        f"{n_params / 1e6:.2f}M params "
         f"({100 * (1 - blocks / n_params):.0f}% in embeddings + head); batch {args.batch} x {args.seq}; "
         f"{args.threads} threads; median of {args.repeats} steps after {args.warmup} warm-up",
         "",
-        f"{'variant':<16}{'s/step':>9}{'x finetune':>12}{'train tok/s':>13}{'peak MiB':>10}{'above floor':>13}"
+        f"{'variant':<16}{'s/step':>9}{'x finetune':>12}{'train tok/s':>13}"
+        f"{'peak MiB':>10}{'above floor':>13}"
         f"{'x finetune':>12}",
     ]
     for v in VARIANTS:
@@ -176,11 +177,11 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
     lines += [
         "",
         "targets: ScaleBiO <= 3.0x fine-tuning time, ScaleBiO + LISA <= 2.5x.",
-        "train tok/s counts the training batch B only (ScaleBiO also reads a target batch V of the same size).",
+        "train tok/s counts the training batch B only (ScaleBiO also reads a target batch V of that size).",
     ]
     if memory is not None:
-        lines.append("memory: peak RSS (VmHWM) of a fresh process per variant; 'above floor' subtracts the RSS "
-                     "measured after imports and batch creation, before any model is built.")
+        lines.append("memory: peak RSS (VmHWM) of a fresh process per variant; 'above floor' subtracts the "
+                     "RSS measured after imports and batch creation, before any model is built.")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,37 @@ def corpus(tmp_path: Path) -> Path:
         for i in range(20)])
     write_jsonl(d / "code.jsonl", [{"prompt": f"write f{i}", "response": f"def f{i}(): pass"} for i in range(10)])
     return d
+
+
+def _arith(n: int, noise: float, seed: int) -> list[dict]:
+    """2-term addition rows; a share ``noise`` of answers replaced by random numbers."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        ans = str(a + b) if rng.random() >= noise else str(rng.randint(0, 40))
+        rows.append({"instruction": f"{a}+{b}=", "input": "", "output": ans})
+    return rows
+
+
+@pytest.fixture
+def arith_db(tmp_path: Path) -> Path:
+    """A store with clean and fully corrupted arithmetic sources plus val and test target rows."""
+    d = tmp_path / "data"
+    d.mkdir()
+    for name, noise, seed in (("clean", 0.0, 1), ("noisy", 1.0, 2)):
+        write_jsonl(d / f"{name}.jsonl", _arith(60, noise, seed))
+    write_jsonl(tmp_path / "val.jsonl", _arith(30, 0.0, 3))
+    write_jsonl(tmp_path / "test.jsonl", _arith(20, 0.0, 4))
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    db = tmp_path / "c.duckdb"
+    for args in ([str(d)], [str(tmp_path / "val.jsonl"), "--split", "val", "--source", "target"],
+                 [str(tmp_path / "test.jsonl"), "--split", "test", "--source", "target"]):
+        res = CliRunner().invoke(app, ["ingest", *args, "--db", str(db), "--quiet"])
+        assert res.exit_code == 0, res.output
+    return db
+
+

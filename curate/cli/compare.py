@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from curate.cli._common import DEFAULT_DB, ConfigPath, Db, Out, Quiet, guarded, out
-from curate.compare import DEFAULT_METHODS, CompareSettings, Recipe, compare as run_compare
+from curate.compare import DEFAULT_METHODS, CompareSettings, Recipe
+from curate.compare import compare as run_compare
 from curate.config import build, load_config
 from curate.pipeline import settings_from
 from curate.runs import safe_out_dir

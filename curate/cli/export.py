@@ -27,7 +27,8 @@ def export(
     quiet: Quiet = False,
 ) -> None:
     """Write the resampled data as a Hugging Face-readable dataset with a card (weights, budget, provenance)."""
-    from curate.export import check_repo_id, export_run, push_to_hub as push
+    from curate.export import check_repo_id, export_run
+    from curate.export import push_to_hub as push
 
     if push_to_hub is not None:
         check_repo_id(push_to_hub)  # fail on a bad id before doing any work

@@ -48,6 +48,6 @@ def report_table(reports: list[FileReport], db: Path) -> Table:
     for col in ("file", "format", "schema", "sources", "read", "kept", "duplicates", "rejected", ""):
         t.add_column(col, justify="right" if col in ("read", "kept", "duplicates", "rejected") else "left")
     for r in reports:
-        t.add_row(Path(r.origin).name, r.fmt, r.schema, ",".join(r.sources), str(r.rows_read), str(r.kept), str(r.duplicates),
-                  str(r.rejected), "already ingested, unchanged" if r.cached else "")
+        t.add_row(Path(r.origin).name, r.fmt, r.schema, ",".join(r.sources), str(r.rows_read), str(r.kept),
+                  str(r.duplicates), str(r.rejected), "already ingested, unchanged" if r.cached else "")
     return t

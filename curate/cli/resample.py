@@ -10,7 +10,8 @@ from rich.table import Table
 
 from curate.cli._common import DEFAULT_DB, Db, Out, Quiet, Seed, guarded, out
 from curate.db import open_db
-from curate.resample import ResampleResult, resample as run_resample
+from curate.resample import ResampleResult
+from curate.resample import resample as run_resample
 
 
 def register(app: typer.Typer) -> None:

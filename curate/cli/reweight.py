@@ -13,7 +13,8 @@ from curate.cli.progress import step_progress
 from curate.config import load_config
 from curate.errors import ConfigError
 from curate.ingest.readers import EXTENSIONS
-from curate.pipeline import METHODS, ReweightOutcome, method_config, reweight as run_reweight, settings_from
+from curate.pipeline import METHODS, ReweightOutcome, method_config, settings_from
+from curate.pipeline import reweight as run_reweight
 from curate.runs import safe_out_dir
 
 

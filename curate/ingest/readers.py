@@ -120,7 +120,8 @@ def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = 
         else:
             raise DataError(f"{path}: unknown format {fmt!r}")
     except duckdb.Error as e:
-        raise DataError(f"{path}: cannot read as {fmt} ({str(e).strip().splitlines()[0][:160]}); fix the file") from None
+        first = str(e).strip().splitlines()[0][:160]
+        raise DataError(f"{path}: cannot read as {fmt} ({first}); fix the file") from None
     return table
 
 

@@ -3,42 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 
 import datasets
-import pytest
 from typer.testing import CliRunner
 
 from curate.cli import app
-from tests.conftest import write_jsonl
 
 runner = CliRunner()
-
-
-def _arith(n: int, noise: float, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(0, 20), rng.randint(0, 20)
-        ans = str(a + b) if rng.random() >= noise else str(rng.randint(0, 40))
-        rows.append({"instruction": f"{a}+{b}=", "input": "", "output": ans})
-    return rows
-
-
-@pytest.fixture
-def arith_db(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    for name, noise, seed in (("clean", 0.0, 1), ("noisy", 1.0, 2)):
-        write_jsonl(d / f"{name}.jsonl", _arith(60, noise, seed))
-    write_jsonl(tmp_path / "val.jsonl", _arith(30, 0.0, 3))
-    write_jsonl(tmp_path / "test.jsonl", _arith(20, 0.0, 4))
-    db = tmp_path / "c.duckdb"
-    for args in ([str(d)], [str(tmp_path / "val.jsonl"), "--split", "val", "--source", "target"],
-                 [str(tmp_path / "test.jsonl"), "--split", "test", "--source", "target"]):
-        res = runner.invoke(app, ["ingest", *args, "--db", str(db), "--quiet"])
-        assert res.exit_code == 0, res.output
-    return db
 
 
 def test_uniform_reweight_resample_export_roundtrip(tmp_path, arith_db):

@@ -99,7 +99,8 @@ def test_other_formats_give_the_same_rows(tmp_path, fmt):
         pq.write_table(pa.Table.from_pylist(rows), path)
     elif fmt == "csv":
         path = tmp_path / "src.csv"
-        path.write_text("instruction,input,output\n" + "".join(f'"{r["instruction"]}",,"{r["output"]}"\n' for r in rows))
+        body = "".join(f'"{r["instruction"]}",,"{r["output"]}"\n' for r in rows)
+        path.write_text("instruction,input,output\n" + body)
     else:
         path = tmp_path / "src"
         datasets.Dataset.from_list(rows).save_to_disk(str(path))

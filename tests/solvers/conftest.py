@@ -1,4 +1,5 @@
-"""Shared fixtures for the solver tests: one CPU thread, offline hub, a tiny arithmetic corpus and tokenizer."""
+"""Shared fixtures for the solver tests: one CPU thread, offline hub, a tiny arithmetic corpus and
+tokenizer."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)  # the test machine has 2 cores shared between several runs
 
 
-def make_arithmetic_rows(n: int, seed: int, noise: float = 0.0, corrupt: str = ".") -> tuple[list[str], list[str]]:
-    """``n`` prompts "What is a + b?" with the true sum as response, a ``noise`` fraction replaced by ``corrupt``."""
+def make_arithmetic_rows(n: int, seed: int, noise: float = 0.0,
+                         corrupt: str = ".") -> tuple[list[str], list[str]]:
+    """``n`` prompts "What is a + b?" with the true sum as response, a ``noise`` fraction replaced by
+    ``corrupt``."""
     rng = random.Random(seed)
     prompts, responses = [], []
     for _ in range(n):
@@ -25,7 +28,8 @@ def make_arithmetic_rows(n: int, seed: int, noise: float = 0.0, corrupt: str = "
 
 @pytest.fixture(scope="session")
 def arithmetic_rows():
-    """The row generator :func:`make_arithmetic_rows`, as a fixture so test modules need not import conftest."""
+    """The row generator :func:`make_arithmetic_rows`, as a fixture so test modules need not import
+    conftest."""
     return make_arithmetic_rows
 
 
@@ -34,4 +38,5 @@ def arithmetic_tokenizer():
     from solvers.lm import train_tokenizer
 
     prompts, responses = make_arithmetic_rows(400, seed=123)
-    return train_tokenizer([f"{p} {r}" for p, r in zip(prompts, responses, strict=True)] + ["."], vocab_size=300)
+    texts = [f"{p} {r}" for p, r in zip(prompts, responses, strict=True)] + ["."]
+    return train_tokenizer(texts, vocab_size=300)

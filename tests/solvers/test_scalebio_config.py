@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from solvers.scalebio import ScaleBiOConfig
-from solvers.scalebio import schedule
+from solvers.scalebio import ScaleBiOConfig, schedule
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("alpha", 0.0), ("alpha", math.nan), ("lr_model", -1e-3), ("lr_lambda", 0.0), ("steps", 0), ("steps", 2.5),
+    ("alpha", 0.0), ("alpha", math.nan), ("lr_model", -1e-3), ("lr_lambda", 0.0), ("steps", 0),
+    ("steps", 2.5),
     ("batch_size", 0), ("val_batch_size", -1), ("tau", 0.5), ("stages", 0), ("sampling", "uniform"),
     ("schedule", "linear"), ("warmup_ratio", 1.0), ("grad_clip", 0.0), ("weight_decay", -1.0),
     ("lisa_layers", 0), ("lisa_period", 0), ("checkpoint_every", -1), ("average_from", 1.5),

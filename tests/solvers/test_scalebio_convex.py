@@ -1,9 +1,9 @@
 """ScaleBiO on a strongly convex bilevel problem whose optimum is computed independently.
-
-Three least-squares sources with different true coefficients and noise; the target set is generated from a
+ Three least-squares sources with different true coefficients and noise; the target set is generated from a
 mixture of the source coefficients, so the best weights are interior. The exact bilevel optimum comes from the
-closed-form lower-level solution w*(p) = (Σ p_s A_s)⁻¹ Σ p_s b_s minimised over the simplex by scipy (no ScaleBiO
-code involved). ScaleBiO runs through the real ``fit`` loop with a linear model and squared-error losses.
+closed-form lower-level solution w*(p) = (Σ p_s A_s)⁻¹ Σ p_s b_s minimised over the simplex by scipy (no
+ScaleBiO code involved). ScaleBiO runs through the real ``fit`` loop with a linear model and squared-error
+losses.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def run_scalebio(problem, per_source, seed, **overrides):
     # weight_decay=0 because the optimum computed above is that of the unregularised problem.
     settings = dict(steps=600, lr_model=0.05, lr_lambda=0.005, alpha=10.0, weight_decay=0.0, seed=seed)
     cfg = ScaleBiOConfig(**{**settings, **overrides})
-    result = fit(model, train, val, cfg, per_example_loss_fn=squared_errors, target_loss_fn=mean_squared_error)
+    result = fit(model, train, val, cfg, per_example_loss_fn=squared_errors,
+                 target_loss_fn=mean_squared_error)
     return np.array([result.weights[s] for s in SOURCES])
 
 

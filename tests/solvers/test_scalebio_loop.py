@@ -39,8 +39,8 @@ def new_model(sets):
 
 
 def config(**overrides):
-    base = dict(steps=10, batch_size=6, val_batch_size=4, lr_lambda=0.1, lisa=True, lisa_layers=2, lisa_period=3,
-                checkpoint_every=0, seed=3, sampling="proportional")
+    base = dict(steps=10, batch_size=6, val_batch_size=4, lr_lambda=0.1, lisa=True, lisa_layers=2,
+                lisa_period=3, checkpoint_every=0, seed=3, sampling="proportional")
     return ScaleBiOConfig(**{**base, **overrides})
 
 

@@ -1,14 +1,12 @@
 """Planted noise: ScaleBiO must down-weight sources whose answers are corrupted (ALGORITHMS.md §4.1, §7).
-
-Five sources of two-term addition problems whose answers are replaced by "." with probability 0, .25, .5, .75
-and 1; the target set is clean. A 0.1M-parameter Llama trained from scratch on CPU, stratified 8 rows per source,
-α = 10 and λ's step size 0.1 (the reference run's settings for this check).
+ Five sources of two-term addition problems whose answers are replaced by "." with probability 0, .25, .5, .75
+and 1; the target set is clean. A 0.1M-parameter Llama trained from scratch on CPU, stratified 8 rows per
+source, α = 10 and λ's step size 0.1 (the reference run's settings for this check).
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from solvers.data import tokenize_rows
 from solvers.lm import tiny_llama

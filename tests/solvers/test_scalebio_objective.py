@@ -1,4 +1,5 @@
-"""Pure maths of ScaleBiO: simplex maps, the per-source weighted loss, and the λ-gradient (ALGORITHMS.md §1.7)."""
+"""Pure maths of ScaleBiO: simplex maps, the per-source weighted loss, and the λ-gradient (ALGORITHMS.md
+§1.7)."""
 
 from __future__ import annotations
 
