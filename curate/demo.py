@@ -58,6 +58,7 @@ def _write(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
+DEMO_BUDGET = 600
 DEMO_CONFIG: dict[str, Any] = {
     "template": "plain",
     "max_len": 96,

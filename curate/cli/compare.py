@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from curate.cli._common import DEFAULT_DB, ConfigPath, Db, Out, Quiet, guarded, out
 from curate.compare import DEFAULT_METHODS, CompareSettings, Recipe
@@ -39,18 +39,19 @@ def compare(
                             oracle)
     dest = safe_out_dir(out_dir, "compare")
     report = run_compare(db, settings, dest, log=(lambda m: None) if quiet else (lambda m: out.print(f"[dim]{m}[/]")))
-    from evals.report import build_summary, headline, table_rows
+    print_summary(report, title="curate compare", report_path=dest / "report.html")
+
+
+def print_summary(report: dict, title: str, report_path: Path) -> None:
+    """The comparison table, the one-line verdict and where the report is."""
+    from evals.report import build_summary, headline, rich_table
 
     summary = build_summary(report)
-    header, rows = table_rows(summary)
-    t = Table(title="compare")
-    for h in header:
-        t.add_column(h)
-    for r in rows:
-        t.add_row(*r)
-    out.print(t)
+    table = rich_table(summary)
+    table.title, table.caption = title, None
+    out.print(table)
     out.print(headline(summary))
-    out.print(f"wrote {dest / 'report.html'}")
+    out.print(f"report: {report_path}")
 
 
 def settings_for(values: dict, methods: str, budget: int, seeds: int, target: str, eval_split: str, model: str,

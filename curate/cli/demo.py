@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from curate.cli._common import Quiet, guarded, out
 
@@ -26,13 +25,12 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Build a reasoning-gym corpus with planted bad sources, run every method, compare, report."""
-    from curate.cli.compare import settings_for
+    from curate.cli.compare import print_summary, settings_for
     from curate.cli.ingest import report_table
     from curate.compare import compare
     from curate.db import open_db
-    from curate.demo import DEMO_CONFIG, build_corpus
+    from curate.demo import DEMO_BUDGET, DEMO_CONFIG, build_corpus
     from curate.ingest import ingest_paths
-    from evals.report import build_summary, headline, table_rows
 
     files = build_corpus(out_dir / "corpus")
     db = out_dir / "curate.duckdb"
@@ -42,16 +40,8 @@ def demo(
         reports += ingest_paths(con, [files["target_test"]], split="test", source="target")
     if not quiet:
         out.print(report_table(reports, db))
-    settings = settings_for(copy.deepcopy(DEMO_CONFIG), methods, 600, seeds, "val", "test", "tiny", "arith")
+    settings = settings_for(copy.deepcopy(DEMO_CONFIG), methods, DEMO_BUDGET, seeds, "val", "test", "tiny", "arith")
     say = (lambda m: None) if quiet else (lambda m: out.print(f"[dim]{m}[/]"))
     report = compare(db, settings, out_dir / "compare", log=say)
-    summary = build_summary(report)
-    header, rows = table_rows(summary)
-    t = Table(title="demo: 2-term arithmetic exact match after fine-tuning on each method's 600 rows")
-    for h in header:
-        t.add_column(h)
-    for r in rows:
-        t.add_row(*r)
-    out.print(t)
-    out.print(headline(summary))
-    out.print(f"report: {out_dir / 'compare' / 'report.html'}")
+    print_summary(report, f"demo: 2-term arithmetic after fine-tuning on each method's {DEMO_BUDGET} rows",
+                  out_dir / "compare" / "report.html")

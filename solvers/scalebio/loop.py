@@ -203,17 +203,23 @@ def _advance(run: _Run, device: torch.device, per_example_loss_fn: LossFn,
         autocast_bf16=cfg.autocast_bf16,
     )
     present = torch.bincount(train_batch["source_ids"].cpu(), minlength=len(run.sources)).tolist()
-    elapsed = time.perf_counter() - started
-    row: dict[str, float] = {"step": t, "stage": schedule.stage(t, cfg), "alpha": alpha, "lr_scale": lr_scale}
-    for key in ("p", "loss_u", "loss_w"):
-        for s, value, n in zip(run.sources, metrics[key], present, strict=True):
-            row[f"{key}_{s}"] = value if n or key == "p" else math.nan
-    row.update({k: float(metrics[k]) for k in ("target_loss", "gap", "grad_norm_u", "grad_norm_w",
-                                               "grad_norm_lambda", "tokens")})
-    row["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
+    row = _row(run.sources, metrics, present, time.perf_counter() - started)
+    row = {"step": t, "stage": schedule.stage(t, cfg), "alpha": alpha, "lr_scale": lr_scale, **row}
     run.trajectory.append(row)
     run.step += 1
     run.in_step = False
+    return row
+
+
+def _row(sources: list[str], metrics: dict[str, Any], present: list[int], elapsed: float) -> dict[str, float]:
+    """Flatten a step's metrics into named columns; a source absent from the batch has NaN losses."""
+    row: dict[str, float] = {}
+    for key in ("p", "loss_u", "loss_w"):
+        for s, value, n in zip(sources, metrics[key], present, strict=True):
+            row[f"{key}_{s}"] = value if n or key == "p" else math.nan
+    for key in ("target_loss", "gap", "grad_norm_u", "grad_norm_w", "grad_norm_lambda", "tokens"):
+        row[key] = float(metrics[key])
+    row["tokens_per_s"] = metrics["tokens"] / max(elapsed, 1e-9)
     return row
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,9 +148,9 @@ def scalebio_step(state: SolverState, train_batch: Batch, val_batch: Batch, *,
     losses = accumulate_grads(state, train_batch, val_batch, alpha, n_sources, step=step,
                               per_example_loss_fn=per_example_loss_fn, target_loss_fn=target_loss_fn,
                               eval_mode=eval_mode, autocast_bf16=autocast_bf16)
-    norm_u = _clip(state.u, grad_clip, step)
-    norm_w = _clip(state.w, None if grad_clip is None else alpha * grad_clip, step)
-    norm_lambda = float(state.logits.grad.norm())
+    norm_u = _clip(state.u.parameters(), grad_clip, step)
+    norm_w = _clip(state.w.parameters(), None if grad_clip is None else alpha * grad_clip, step)
+    norm_lambda = _clip([state.logits], None, step)
     for opt, lr in ((state.opt_u, lr_model), (state.opt_w, lr_model), (state.opt_lambda, lr_lambda)):
         for group in opt.param_groups:
             group["lr"] = lr_scale * lr
@@ -169,17 +170,21 @@ def _finite(loss: torch.Tensor, step: int) -> torch.Tensor:
     return loss
 
 
-def _clip(model: nn.Module, max_norm: float | None, step: int) -> float:
-    grads = [p for p in model.parameters() if p.grad is not None]
-    if not grads:
+def _clip(params: Iterable[torch.Tensor], max_norm: float | None, step: int) -> float:
+    """Pre-clip total gradient norm of ``params``, clipped in place to ``max_norm`` (None: no clipping).
+
+    Raises:
+        NonFiniteLossError: the norm is NaN/inf (checked before anything is scaled or stepped).
+    """
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
         return 0.0
-    if max_norm is None:
-        norm = float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
-    else:
-        norm = float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
-    if norm != norm or norm in (float("inf"), float("-inf")):
+    total = torch.nn.utils.get_total_norm([p.grad for p in with_grad if p.grad is not None])
+    if not math.isfinite(float(total)):
         raise NonFiniteLossError(step, "gradient")
-    return norm
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(with_grad, max_norm, total)
+    return float(total)
 
 
 def _tokens(batch: dict[str, torch.Tensor]) -> int:
