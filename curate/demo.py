@@ -1,11 +1,11 @@
 """The embedded default: a multi-source corpus from `reasoning-gym`, then ingest -> every method -> compare.
 
 Sources (train split), each a real procedural task with exact answers:
-- ``arith`` 2-term arithmetic, the target task (clean);
-- ``arith_corrupt`` the same task with every answer replaced by a wrong number (planted bad source);
-- ``chain_sum`` longer sums (related task);
-- ``leg_counting`` and ``gsm_symbolic`` word problems (off-target for a tiny model).
-The target is fresh 2-term arithmetic (``val`` for the methods, ``test`` for evaluation). The ``oracle`` arm trains
+- ``arith`` 2-term addition of 1-2 digit numbers, the target task (clean, and the smallest source);
+- ``arith_corrupt`` the same task with every answer off by 10-60 (planted bad source, twice as large);
+- ``arith_mul`` one-digit multiplication and ``chain_sum`` longer signed sums (related formats, other tasks);
+- ``leg_counting`` word problems (off-target).
+The target is fresh 2-term addition (``val`` for the methods, ``test`` for evaluation). The ``oracle`` arm trains
 on ``arith`` alone, the ceiling a perfect weighting could reach.
 """
 
@@ -18,13 +18,16 @@ from typing import Any
 
 from curate.errors import require
 
-ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ("+", "-")}
-SOURCES: dict[str, tuple[str, dict[str, Any], bool]] = {
-    "arith": ("basic_arithmetic", ARITH, False),
-    "arith_corrupt": ("basic_arithmetic", ARITH, True),
-    "chain_sum": ("chain_sum", {}, False),
-    "leg_counting": ("leg_counting", {}, False),
-    "gsm_symbolic": ("gsm_symbolic", {}, False),
+ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ("+",),
+         "allow_parentheses": False, "allow_negation": False}
+MUL = {**ARITH, "max_digits": 1, "operators": ("*",)}
+# name: (reasoning-gym task, its parameters, rows, corrupt answers?)
+SOURCES: dict[str, tuple[str, dict[str, Any], int, bool]] = {
+    "arith": ("basic_arithmetic", ARITH, 300, False),
+    "arith_corrupt": ("basic_arithmetic", ARITH, 600, True),
+    "arith_mul": ("basic_arithmetic", MUL, 400, False),
+    "chain_sum": ("chain_sum", {}, 400, False),
+    "leg_counting": ("leg_counting", {}, 300, False),
 }
 
 
@@ -35,22 +38,32 @@ def _rows(task: str, params: dict[str, Any], n: int, seed: int, corrupt: bool) -
     out = []
     for ex in reasoning_gym.create_dataset(task, size=n, seed=seed, **params):
         answer = str(ex["answer"])
-        if corrupt:
-            answer = str(int(answer) + rng.choice([-1, 1]) * rng.randint(1, 9)) if answer.lstrip("-").isdigit() else "0"
+        if corrupt:  # clearly wrong, but still a number of the usual size
+            shift, true = rng.randint(10, 60), int(answer)
+            answer = str(true - shift if true - shift >= 0 and rng.random() < 0.5 else true + shift)
         out.append({"instruction": ex["question"], "input": "", "output": answer})
     return out
 
 
-def build_corpus(dest: Path, per_source: int = 400, n_val: int = 100, n_test: int = 200) -> dict[str, Path]:
+def build_corpus(dest: Path, n_val: int = 100, n_test: int = 200) -> dict[str, Path]:
     """Write the demo's JSONL files into ``dest``; returns {name: path}. Deterministic."""
     require("reasoning_gym", "train")
     dest.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    for i, (name, (task, params, corrupt)) in enumerate(SOURCES.items()):
-        files[name] = _write(dest / f"{name}.jsonl", _rows(task, params, per_source, 1000 + i, corrupt))
-    files["target_val"] = _write(dest / "target_val.jsonl", _rows("basic_arithmetic", ARITH, n_val, 7, False))
-    files["target_test"] = _write(dest / "target_test.jsonl", _rows("basic_arithmetic", ARITH, n_test, 8, False))
+    for i, (name, (task, params, n, corrupt)) in enumerate(SOURCES.items()):
+        files[name] = _write(dest / f"{name}.jsonl", _rows(task, params, n, 1000 + i, corrupt))
+    seen = {r["instruction"] for name in SOURCES for r in _read(files[name])}
+    for split, n, seed in (("val", n_val, 7), ("test", n_test, 8)):
+        # Held-out target rows never appear in the pool, so accuracy measures learning, not recall.
+        fresh = [r for r in _rows("basic_arithmetic", ARITH, 10 * n, seed, False) if r["instruction"] not in seen]
+        fresh = list({r["instruction"]: r for r in fresh}.values())[:n]
+        seen |= {r["instruction"] for r in fresh}
+        files[f"target_{split}"] = _write(dest / f"target_{split}.jsonl", fresh)
     return files
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -62,12 +75,12 @@ DEMO_BUDGET = 600
 DEMO_CONFIG: dict[str, Any] = {
     "template": "plain",
     "max_len": 96,
-    "tiny": {"vocab_size": 384, "hidden": 64, "layers": 2, "heads": 4},
-    "scalebio": {"steps": 200, "batch_size": 40, "val_batch_size": 32, "alpha": 10.0},
+    "tiny": {"vocab_size": 384, "hidden": 128, "layers": 2, "heads": 4},
+    "scalebio": {"steps": 150, "batch_size": 40, "val_batch_size": 32, "alpha": 10.0},
     # Tiny models trained from scratch need far larger learning rates than the papers' 7B-scale defaults.
     "less": {"lr": 1e-2, "warmup_epochs": 2, "proj_dim": 1024, "select_fraction": 0.2, "grad_batch_size": 32},
-    "rho": {"reference_steps": 100, "reference_lr": 3e-3, "select_fraction": 0.2},
-    "doremi": {"reference_data": "target", "reference_steps": 100, "reference_lr": 3e-3, "proxy_steps": 100,
+    "rho": {"reference_steps": 150, "reference_lr": 3e-3, "select_fraction": 0.2},
+    "doremi": {"reference_data": "target", "reference_steps": 150, "reference_lr": 3e-3, "proxy_steps": 150,
                "proxy_lr": 1e-3},
-    "recipe": {"steps": 250, "lr": 3e-3, "batch_size": 16, "eval_limit": 150, "max_new_tokens": 6},
+    "recipe": {"steps": 500, "lr": 3e-3, "batch_size": 32, "eval_limit": 200, "max_new_tokens": 5},
 }

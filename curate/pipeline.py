@@ -92,6 +92,14 @@ def settings_from(values: dict[str, Any]) -> ReweightSettings:
     return build(ReweightSettings, flat, where="reweight")
 
 
+def settings_to_values(settings: ReweightSettings) -> dict[str, Any]:
+    """The inverse of :func:`settings_from`: the config dict a resumed run starts from."""
+    values = {k: v for k, v in to_dict(settings).items() if k not in ("method_args", "per_method")}
+    values.update(settings.per_method)
+    values.update(settings.method_args)
+    return values
+
+
 @dataclass
 class ReweightOutcome:
     """What a reweight run produced."""
@@ -118,8 +126,9 @@ def reweight(db: Path, settings: ReweightSettings, run_dir: Path, *, on_step: St
         fingerprint = data_fingerprint(con, sources)
     counts = {s: pool.sources.count(s) for s in sources}
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {**to_dict(settings), "method_config": to_dict(cfg)}
-    write_config(run_dir, resolved)
+    resolved = {**settings_to_values(settings), "method_config": to_dict(cfg)}
+    if not resume:  # a resumed run keeps the config it started with (fit refuses a different one)
+        write_config(run_dir, resolved)
     result = _run_method(settings, cfg, counts, pool, target, run_dir, on_step, resume)
     config_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     doc = build_weights_doc(settings.method, normalise(result["weights"]), counts=counts, target=settings.target,
@@ -149,9 +158,11 @@ def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], po
         res = method.fn(cfg, counts=counts)
         return {"weights": res.weights}
     tiny = build(TinyModel, settings.tiny, where="tiny")
-    model, tok = load_model(settings.model, pool.prompts + pool.responses + target.prompts + target.responses,
+    spec = str(run_dir / "base_model") if resume and (run_dir / "base_model").is_dir() else settings.model
+    model, tok = load_model(spec, pool.prompts + pool.responses + target.prompts + target.responses,
                             seed=settings.seed, max_len=settings.max_len, tiny=tiny)
-    save_base(run_dir, model, tok)
+    if not resume:
+        save_base(run_dir, model, tok)
     sources = sorted(counts)
     train = tokenize(pool, tok, sources, settings.max_len, settings.template)
     tgt = tokenize(target, tok, sources, settings.max_len, settings.template)
@@ -233,3 +244,46 @@ def _record(db: Path, run_dir: Path, settings: ReweightSettings, resolved: dict,
             con.executemany("INSERT INTO scores VALUES (?, ?, ?)",
                             [(run_id, str(i), float(v)) for i, _, v in result["scores"]])
         con.execute("COMMIT")
+
+
+def memory_plan(settings: ReweightSettings, cfg: Any, max_memory_gb: float | None) -> tuple[list[str], str | None]:
+    """``--plan``: estimated peak memory of full, LISA and LoRA ScaleBiO (and plain fine-tuning) for the chosen
+    model and batch, and an error line when the chosen variant does not fit the memory available.
+
+    The model shape comes from its config alone (``--model tiny``: the ``tiny.*`` settings), so nothing is loaded.
+    """
+    from solvers.memory import available_memory, estimate, fitting_alternative, gib, plan_lines
+
+    if settings.method != "scalebio":
+        raise ConfigError(f"--plan: memory plans are for --method scalebio, not {settings.method}")
+    shape = _model_shape(settings)
+    chosen = "lora" if cfg.lower_level == "lora" else "lisa" if cfg.lisa else "full"
+    kw = {"val_batch": cfg.val_batch_size, "lisa_layers": cfg.lisa_layers, "lora_r": cfg.lora_r}
+    lines = plan_lines(shape, cfg.batch_size, settings.max_len, chosen=chosen, **kw)
+    budget = int(max_memory_gb * 2**30) if max_memory_gb is not None else available_memory("cpu")
+    source = "--max-memory" if max_memory_gb is not None else "available RAM"
+    lines.append(f"memory budget: {gib(budget)} ({source})")
+    need = estimate(shape, chosen, cfg.batch_size, settings.max_len, **kw).total
+    if need <= budget:
+        return lines, None
+    alt = fitting_alternative(shape, chosen, cfg.batch_size, settings.max_len, budget, **kw)
+    hint = f"set {alt}" if alt else "no single change fits; use a smaller model or more memory"
+    return lines, (f"--plan: this run needs about {gib(need)} but {source} is {gib(budget)}; {hint}")
+
+
+def _model_shape(settings: ReweightSettings) -> Any:
+    from solvers.memory import ModelShape
+
+    if settings.model == "tiny":
+        tiny = build(TinyModel, settings.tiny, where="tiny")
+        return ModelShape(vocab=tiny.vocab_size, hidden=tiny.hidden, layers=tiny.layers,
+                          intermediate=4 * tiny.hidden, heads=tiny.heads, kv_heads=tiny.heads)
+    path = Path(settings.model)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--plan: cannot read the config of {path} ({str(e).splitlines()[0][:160]})") from None
+    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    return ModelShape.from_config(config, dtype_bytes=2 if "16" in dtype else 4)

@@ -34,6 +34,14 @@ def reweight(
     seed: Seed = 0,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted ScaleBiO run folder.")] = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="One JSON line per step on stderr.")] = False,
+    lower_level: Annotated[str | None, typer.Option(
+        "--lower-level", help="ScaleBiO's u and w: 'full' (two model copies) or 'lora' (two LoRA adapters "
+                              "over one shared base).")] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the estimated peak memory of full, LISA and LoRA "
+                                                      "ScaleBiO, check it fits, and stop.")] = False,
+    max_memory: Annotated[float | None, typer.Option(
+        "--max-memory", help="Memory budget in GiB for the --plan check (default: available RAM); a run that "
+                             "would not fit is refused before any work.")] = None,
     config: ConfigPath = None,
     db: Db = DEFAULT_DB,
     out_dir: Out = None,
@@ -42,9 +50,12 @@ def reweight(
     """Learn how much of each source to use for the target, with ScaleBiO or a baseline."""
     files = [a for a in args or [] if "=" not in a]
     overrides = [a for a in args or [] if "=" in a]
+    if resume is not None and config is None:
+        config = _resumed_config(resume)
     values = load_config(config, overrides)
+    values.pop("method_config", None)
     for key, val in (("method", method), ("target", target), ("model", model), ("steps", steps),
-                     ("budget", budget)):
+                     ("budget", budget), ("lower_level", lower_level)):
         if val is not None:
             values[key] = val
     values.setdefault("seed", seed)
@@ -53,6 +64,10 @@ def reweight(
         values["target"] = "val"
     settings = settings_from(values)
     method_cfg = method_config(settings)  # validate before any work
+    if plan or max_memory is not None:
+        _check_memory(settings, method_cfg, max_memory, show=plan and not quiet)
+        if plan:
+            return
     if files or target_file is not None:
         _ingest_first(files, target_file, db, quiet)
     run_dir = resume if resume is not None else safe_out_dir(out_dir, settings.method)
@@ -66,6 +81,28 @@ def reweight(
         for w in outcome.diagnostics.get("warnings", []) if isinstance(outcome.diagnostics, dict) else []:
             out.print(f"[yellow]warning:[/] {w}")
     out.print(f"wrote {outcome.run_dir}")
+
+
+def _resumed_config(run: Path) -> Path:
+    """An interrupted run continues with the settings it was started with (its ``config.yaml``)."""
+    path = run / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"--resume: {run} has no config.yaml; pass the folder of a `curate reweight` run")
+    return path
+
+
+def _check_memory(settings: object, method_cfg: object, max_memory: float | None, show: bool) -> None:
+    """Print the memory plan (``--plan``) and refuse a run that would not fit (exit 2, one line)."""
+    from curate.pipeline import memory_plan
+
+    if max_memory is not None and not max_memory > 0:
+        raise ConfigError(f"--max-memory: must be > 0 GiB, got {max_memory}")
+    lines, error = memory_plan(settings, method_cfg, max_memory)  # type: ignore[arg-type]
+    if show:
+        for line in lines:
+            out.print(line, highlight=False, markup=False)
+    if error is not None:
+        raise ConfigError(error)
 
 
 def _target_file(target: object) -> Path | None:

@@ -60,3 +60,21 @@ def test_compare_two_methods_one_seed(tmp_path, arith_db):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (out / "cells" / "uniform-seed0.json").read_text() == before
+
+
+def test_resume_continues_from_the_run_folder(tmp_path, arith_db):
+    run = tmp_path / "sb"
+    args = ["--db", str(arith_db), "--quiet"]
+    res = runner.invoke(app, ["reweight", "--method", "scalebio", "--steps", "12", "--out", str(run), *args,
+                              "template=plain", "max_len=32", "tiny.hidden=32", "scalebio.batch_size=8",
+                              "scalebio.val_batch_size=8", "scalebio.checkpoint_every=4"])
+    assert res.exit_code == 0, res.output
+    first = json.loads((run / "weights.json").read_text())
+    # Resuming under different settings is refused and changes nothing.
+    res = runner.invoke(app, ["reweight", "--resume", str(run), *args, "scalebio.alpha=20"])
+    assert res.exit_code == 2 and "alpha" in res.output, res.output
+    assert json.loads((run / "weights.json").read_text())["sources"] == first["sources"]
+    res = runner.invoke(app, ["reweight", "--resume", str(run), *args])
+    assert res.exit_code == 0, res.output
+    again = json.loads((run / "weights.json").read_text())
+    assert again["sources"] == first["sources"] and again["method"] == "scalebio"

@@ -1,0 +1,67 @@
+"""The memory estimator behind ``curate reweight --plan`` (solvers/memory.py): pure arithmetic, checked against
+real models where it can be exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from solvers.lm import tiny_llama
+from solvers.memory import ModelShape, estimate, fitting_alternative, plan_lines
+
+# SmolLM2-135M's published config: 30 blocks, 576 hidden, 1536 MLP, 9 heads / 3 KV heads, vocab 49152, tied.
+SMOL = ModelShape(vocab=49152, hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, tied=True)
+
+
+def test_param_counts_are_exact_for_llama():
+    model = tiny_llama(300, hidden=32, layers=3, heads=4, max_len=16)
+    shape = ModelShape.from_config(model.config)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert shape.block_params == sum(p.numel() for p in model.model.layers[0].parameters())
+    assert SMOL.params == 134_515_008  # SmolLM2-135M's parameter count
+
+
+def test_lora_param_count_matches_peft():
+    from solvers.scalebio.lora import LoraSpec, lora_pair
+
+    model = tiny_llama(300, hidden=32, layers=3, heads=4, max_len=16)
+    u, _ = lora_pair(model, LoraSpec(r=4))
+    assert ModelShape.from_config(model.config).lora_params(4) == sum(p.numel() for p in u.parameters())
+
+
+def test_variants_order_and_ratios():
+    e = {v: estimate(SMOL, v, batch=8, seq=512) for v in ("finetune", "full", "lisa", "lora")}
+    assert e["full"].params == 3 * e["finetune"].params  # caller's model + u + w
+    assert e["full"].optimizer == 2 * e["finetune"].optimizer
+    assert e["lora"].optimizer < e["lisa"].optimizer < e["full"].optimizer
+    assert e["lora"].total < e["lisa"].total < e["full"].total
+    assert len({x.activations for x in e.values()}) == 1  # ScaleBiO runs one pass at a time
+    assert estimate(SMOL, "full", 16, 512).activations > e["full"].activations
+    sharded = estimate(SMOL, "full", 8, 512, shards=4)
+    assert sharded.params == e["full"].params // 4 and sharded.activations == e["full"].activations
+    with pytest.raises(ValueError, match="variant"):
+        estimate(SMOL, "half", 8, 512)
+
+
+def test_fitting_alternative_names_the_cheapest_change():
+    kw = dict(val_batch=None, lisa_layers=2, lora_r=8)
+
+    def total(variant, batch, shards=1, seq=512):
+        return estimate(SMOL, variant, batch, seq, shards=shards).total
+
+    assert fitting_alternative(SMOL, "full", 8, 512, total("full", 4), **kw).startswith("batch_size=4")
+    # short sequences: the weights, not the activations, decide, and a smaller batch cannot help
+    lisa = fitting_alternative(SMOL, "full", 8, 16, total("lisa", 8, seq=16), **kw)
+    assert total("full", 1, seq=16) > total("lisa", 8, seq=16)
+    assert lisa.startswith("lisa=true") and "batch_size" not in lisa
+    assert fitting_alternative(SMOL, "full", 8, 512, total("lisa", 2), **kw).endswith("batch_size=2")
+    lora = fitting_alternative(SMOL, "full", 8, 16, total("lora", 8, seq=16), **kw)
+    assert lora.startswith("--lower-level lora")
+    zero = fitting_alternative(SMOL, "lora", 1, 16, total("lora", 1, shards=2, seq=16) + 1, **kw)
+    assert "ZeRO-3" in zero and "2 devices" in zero
+    assert fitting_alternative(SMOL, "full", 8, 512, 10, **kw) is None
+
+
+def test_plan_lines_mark_the_chosen_variant():
+    lines = plan_lines(SMOL, 8, 512, val_batch=8, lisa_layers=2, lora_r=8, chosen="lisa")
+    assert len(lines) == 5 and "134.5M params" in lines[0]
+    assert [i for i, line in enumerate(lines) if "this run" in line] == [3]
