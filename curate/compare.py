@@ -176,23 +176,24 @@ def _train_and_eval(settings: CompareSettings, base: Path, run_dir: Path, test: 
 
     rw, recipe = settings.reweight, settings.recipe
     tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    model: Any = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
     table = pq.read_table(run_dir / "data" / "part-00000.parquet", columns=["example_id", "source", "prompt",
                                                                           "response"]).to_pydict()
     train_rows = Rows(table["example_id"], table["source"], table["prompt"], table["response"])
     sources = sorted(set(train_rows.sources))
     data = tokenize(train_rows, tok, sources, rw.max_len, rw.template)
-    model, _ = finetune(model, data, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed)
+    model, history = finetune(model, data, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size,
+                              seed=seed)
     test_sources = sorted(set(test.sources))
     loss = heldout_loss(model, tokenize(test, tok, test_sources, rw.max_len, rw.template), batch_size=32)
     n = min(len(test), recipe.eval_limit)
     acc = generation_accuracy(model, tok, test.prompts[:n], test.responses[:n], recipe.eval_rule,  # type: ignore[arg-type]
                               template=rw.template, max_new_tokens=recipe.max_new_tokens)
-    tokens = recipe.steps * recipe.batch_size * rw.max_len
+    tokens = int(sum(history.get("n_tokens", [])))  # trained (response) tokens, the fine-tune's real cost
     return {"accuracy": acc["accuracy"], "target_loss": loss["loss"], "ppl": loss["ppl"]}, tokens
 
 
 def _jsonable(obj: Any) -> Any:
     import dataclasses
 
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj

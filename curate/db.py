@@ -23,10 +23,12 @@ SCHEMA_VERSION = 1
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS examples (
-    example_id VARCHAR NOT NULL, source VARCHAR NOT NULL, split VARCHAR NOT NULL,
+    source VARCHAR NOT NULL, split VARCHAR NOT NULL,
     prompt VARCHAR, response VARCHAR, chat_messages VARCHAR,
     content_hash VARCHAR NOT NULL, n_chars BIGINT, origin VARCHAR, origin_row BIGINT,
-    -- Derived columns are computed on read, so ingest writes each string once.
+    -- Derived columns are computed on read, so ingest writes each string once. Ids are stable: the same
+    -- content in the same source and split always gets the same id.
+    example_id VARCHAR GENERATED ALWAYS AS (md5(source || chr(31) || split || chr(31) || content_hash)) VIRTUAL,
     text VARCHAR GENERATED ALWAYS AS (
         CASE WHEN prompt = '' THEN response ELSE prompt || chr(10) || chr(10) || response END) VIRTUAL,
     messages VARCHAR GENERATED ALWAYS AS (coalesce(chat_messages, CASE WHEN prompt = '' THEN NULL ELSE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,20 +117,28 @@ StepFn = Callable[[dict[str, Any]], None]
 
 
 def reweight(db: Path, settings: ReweightSettings, run_dir: Path, *, on_step: StepFn | None = None,
-             resume: bool = False) -> ReweightOutcome:
-    """Learn weights (or scores) with ``settings.method`` and write the run folder; resample when a budget is set."""
+             resume: bool = False, zero_stage: int | None = None) -> ReweightOutcome:
+    """Learn weights (or scores) with ``settings.method`` and write the run folder; resample when a budget is set.
+
+    ``zero_stage``: run ScaleBiO on the DeepSpeed engine (every rank of a torchrun job calls this); only rank 0
+    writes the run folder and the database, the other ranks return after training with an empty ``doc``.
+    """
     start = time.perf_counter()
+    writer = zero_stage is None or os.environ.get("RANK", "0") == "0"
     cfg = method_config(settings)
     with open_db(db, read_only=True) as con:
         pool, target = load_pool_and_target(con, settings.target)
         sources = sorted(set(pool.sources))
         fingerprint = data_fingerprint(con, sources)
     counts = {s: pool.sources.count(s) for s in sources}
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {**settings_to_values(settings), "method_config": to_dict(cfg)}
-    if not resume:  # a resumed run keeps the config it started with (fit refuses a different one)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and writer:  # a resumed run keeps the config it started with (fit refuses a different one)
         write_config(run_dir, resolved)
-    result = _run_method(settings, cfg, counts, pool, target, run_dir, on_step, resume)
+    result = _run_method(settings, cfg, counts, pool, target, run_dir, on_step, resume, zero_stage, writer)
+    if not writer:
+        return ReweightOutcome(run_dir, settings.method, result["weights"], {}, time.perf_counter() - start)
     config_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     doc = build_weights_doc(settings.method, normalise(result["weights"]), counts=counts, target=settings.target,
                             config_hash=config_hash, data_fingerprint=fingerprint,
@@ -150,7 +159,8 @@ def reweight(db: Path, settings: ReweightSettings, run_dir: Path, *, on_step: St
 
 
 def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], pool: Rows, target: Rows,
-                run_dir: Path, on_step: StepFn | None, resume: bool) -> dict[str, Any]:
+                run_dir: Path, on_step: StepFn | None, resume: bool, zero_stage: int | None = None,
+                writer: bool = True) -> dict[str, Any]:
     if settings.method in SIMPLE:
         from baselines import BASELINES
 
@@ -161,11 +171,13 @@ def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], po
     spec = str(run_dir / "base_model") if resume and (run_dir / "base_model").is_dir() else settings.model
     model, tok = load_model(spec, pool.prompts + pool.responses + target.prompts + target.responses,
                             seed=settings.seed, max_len=settings.max_len, tiny=tiny)
-    if not resume:
+    if not resume and writer:
         save_base(run_dir, model, tok)
     sources = sorted(counts)
     train = tokenize(pool, tok, sources, settings.max_len, settings.template)
     tgt = tokenize(target, tok, sources, settings.max_len, settings.template)
+    if settings.method == "scalebio" and zero_stage is not None:
+        return _run_scalebio_distributed(model, train, tgt, cfg, on_step, zero_stage)
     if settings.method == "scalebio":
         return _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
     from baselines import run as run_baseline
@@ -191,6 +203,24 @@ def _run_scalebio(model: Any, train: Any, tgt: Any, cfg: Any, run_dir: Path, on_
                           "(lower lr_model or lr_lambda and use --resume)") from None
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"scalebio: {e}") from None
+    return {"weights": res.weights, "averaged": res.averaged_weights, "trajectory": res.trajectory,
+            "diagnostics": dataclasses.asdict(res.diagnostics)}
+
+
+def _run_scalebio_distributed(model: Any, train: Any, tgt: Any, cfg: Any, on_step: StepFn | None,
+                              zero_stage: int) -> dict[str, Any]:
+    from solvers.distributed import fit_distributed, shutdown
+    from solvers.scalebio import NonFiniteLossError, make_samplers
+
+    tr, va = make_samplers(train, tgt, cfg)
+    try:
+        res = fit_distributed(model, tr, va, cfg, zero_stage=zero_stage, on_step=on_step)
+    except NonFiniteLossError as e:
+        raise ConfigError(f"{e}; lower lr_model or lr_lambda") from None
+    except ValueError as e:
+        raise ConfigError(f"scalebio: {e}") from None
+    finally:
+        shutdown()
     return {"weights": res.weights, "averaged": res.averaged_weights, "trajectory": res.trajectory,
             "diagnostics": dataclasses.asdict(res.diagnostics)}
 
@@ -252,7 +282,7 @@ def memory_plan(settings: ReweightSettings, cfg: Any, max_memory_gb: float | Non
 
     The model shape comes from its config alone (``--model tiny``: the ``tiny.*`` settings), so nothing is loaded.
     """
-    from solvers.memory import available_memory, estimate, fitting_alternative, gib, plan_lines
+    from solvers.memory import available_memory, estimate, fitting_alternative, human, plan_lines
 
     if settings.method != "scalebio":
         raise ConfigError(f"--plan: memory plans are for --method scalebio, not {settings.method}")
@@ -262,13 +292,13 @@ def memory_plan(settings: ReweightSettings, cfg: Any, max_memory_gb: float | Non
     lines = plan_lines(shape, cfg.batch_size, settings.max_len, chosen=chosen, **kw)
     budget = int(max_memory_gb * 2**30) if max_memory_gb is not None else available_memory("cpu")
     source = "--max-memory" if max_memory_gb is not None else "available RAM"
-    lines.append(f"memory budget: {gib(budget)} ({source})")
+    lines.append(f"memory budget: {human(budget)} ({source})")
     need = estimate(shape, chosen, cfg.batch_size, settings.max_len, **kw).total
     if need <= budget:
         return lines, None
     alt = fitting_alternative(shape, chosen, cfg.batch_size, settings.max_len, budget, **kw)
     hint = f"set {alt}" if alt else "no single change fits; use a smaller model or more memory"
-    return lines, (f"--plan: this run needs about {gib(need)} but {source} is {gib(budget)}; {hint}")
+    return lines, (f"--plan: this run needs about {human(need)} but {source} is {human(budget)}; {hint}")
 
 
 def _model_shape(settings: ReweightSettings) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,11 @@ def reweight(
     max_memory: Annotated[float | None, typer.Option(
         "--max-memory", help="Memory budget in GiB for the --plan check (default: available RAM); a run that "
                              "would not fit is refused before any work.")] = None,
+    launcher: Annotated[str, typer.Option(
+        "--launcher", help="'none', or 'deepspeed': ScaleBiO with u and w as DeepSpeed ZeRO engines over --nproc "
+                           "processes (torchrun; CPU uses gloo). Needs the deepspeed extra.")] = "none",
+    zero: Annotated[int, typer.Option("--zero", help="ZeRO stage with --launcher deepspeed: 2 or 3.")] = 2,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes with --launcher deepspeed.")] = 1,
     config: ConfigPath = None,
     db: Db = DEFAULT_DB,
     out_dir: Out = None,
@@ -68,19 +74,79 @@ def reweight(
         _check_memory(settings, method_cfg, max_memory, show=plan and not quiet)
         if plan:
             return
+    zero_stage = _check_launcher(launcher, zero, nproc, settings.method, resume, bool(files or target_file))
+    if zero_stage is not None and "LOCAL_RANK" not in os.environ:  # the parent: start the ranks and wait
+        raise typer.Exit(_launch(nproc, safe_out_dir(out_dir, settings.method)))
+    if zero_stage is not None and os.environ.get("RANK", "0") != "0":
+        quiet = True
     if files or target_file is not None:
         _ingest_first(files, target_file, db, quiet)
     run_dir = resume if resume is not None else safe_out_dir(out_dir, settings.method)
+    if zero_stage is not None and os.environ.get("CURATE_RUN_DIR"):
+        run_dir = Path(os.environ["CURATE_RUN_DIR"])
     if resume is not None and not (resume / "checkpoints").exists():
         raise ConfigError(f"--resume: {resume} has no checkpoints/; pass a ScaleBiO run folder")
     total = getattr(method_cfg, "steps", None) or getattr(method_cfg, "proxy_steps", None)
     with step_progress(total, settings.method, quiet, json_logs) as on_step:
-        outcome = run_reweight(db, settings, run_dir, on_step=on_step, resume=resume is not None)
+        outcome = run_reweight(db, settings, run_dir, on_step=on_step, resume=resume is not None,
+                               zero_stage=zero_stage)
+    if not outcome.doc:  # a DeepSpeed rank other than 0: rank 0 reports
+        return
     if not quiet:
         out.print(summary_table(outcome))
         for w in outcome.diagnostics.get("warnings", []) if isinstance(outcome.diagnostics, dict) else []:
             out.print(f"[yellow]warning:[/] {w}")
     out.print(f"wrote {outcome.run_dir}")
+
+
+def _check_launcher(launcher: str, zero: int, nproc: int, method: str, resume: Path | None,
+                    ingest: bool) -> int | None:
+    """The ZeRO stage for ``--launcher deepspeed`` (None for ``none``), after checking the combination."""
+    if launcher not in ("none", "deepspeed"):
+        raise ConfigError(f"--launcher: {launcher!r} is not one of none, deepspeed")
+    if launcher == "none":
+        return None
+    if zero not in (2, 3):
+        raise ConfigError(f"--zero: {zero} is not 2 or 3")
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if method != "scalebio":
+        raise ConfigError(f"--launcher deepspeed: runs --method scalebio only, not {method}")
+    if resume is not None:
+        raise ConfigError("--launcher deepspeed: --resume is not supported (the engine writes no checkpoints)")
+    if ingest:
+        raise ConfigError("--launcher deepspeed: ingest the data files first (`curate ingest`), then reweight")
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("--launcher deepspeed: deepspeed is not installed; pip install 'curate[deepspeed]'")
+    return zero
+
+
+def _launch(nproc: int, run_dir: Path) -> int:
+    """Re-run this command on ``nproc`` ranks under torchrun (rank 0 writes ``run_dir``); returns its exit code."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the command's arguments travel in the environment: torchrun's own parser would take e.g. --nproc for its own
+    env = {**os.environ, "CURATE_RUN_DIR": str(run_dir), "CURATE_RANK_ARGV": json.dumps(sys.argv[1:])}
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "--no-python", sys.executable, "-c",
+           "import json, os, sys; sys.argv[1:] = json.loads(os.environ['CURATE_RANK_ARGV']); "
+           "from curate.cli import main; main()"]
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _resumed_config(run: Path) -> Path:

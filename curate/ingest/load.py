@@ -105,6 +105,7 @@ def _ingest_one(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_so
     finally:
         drop_raw(con, "raw")
         con.execute("DROP TABLE IF EXISTS norm")
+        con.execute("DROP TABLE IF EXISTS dup")
     return report
 
 
@@ -116,19 +117,22 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: 
         schema = detect_schema(con, head, origin)
     query, args = normalized_select(schema, max_chars, default_source, split)
     # A duplicate repeats an earlier kept row of the same source and split, in this file or already stored.
+    # (A group-by of first occurrences is much cheaper than a window over a million content hashes.)
+    con.execute(f"CREATE TEMP TABLE norm AS {query}", args)
     con.execute(
-        f"""CREATE TEMP TABLE norm AS
-            SELECT q.*, q.reason IS NULL AND (e.content_hash IS NOT NULL OR row_number() OVER (
-                PARTITION BY q.source, q.split, q.content_hash ORDER BY q.origin_row) > 1) AS duplicate
-            FROM ({query}) q LEFT JOIN (SELECT DISTINCT source, split, content_hash FROM examples) e
-              ON q.reason IS NULL AND e.source = q.source AND e.split = q.split AND e.content_hash = q.content_hash""",
-        args,
+        """CREATE TEMP TABLE dup AS
+           SELECT origin_row FROM norm WHERE reason IS NULL AND origin_row NOT IN (
+               SELECT min(origin_row) FROM norm WHERE reason IS NULL GROUP BY source, split, content_hash)
+           UNION
+           SELECT n.origin_row FROM norm n JOIN (SELECT DISTINCT source, split, content_hash FROM examples) e
+             ON n.reason IS NULL AND e.source = n.source AND e.split = n.split AND e.content_hash = n.content_hash"""
     )
+    con.execute("ALTER TABLE norm ADD COLUMN duplicate BOOLEAN DEFAULT false")
+    con.execute("UPDATE norm SET duplicate = true WHERE origin_row IN (SELECT origin_row FROM dup)")
     con.execute(
-        """INSERT INTO examples (example_id, source, split, prompt, response, chat_messages, content_hash, n_chars,
-                                 origin, origin_row)
-           SELECT md5(source || chr(31) || split || chr(31) || content_hash), source, split, prompt, response,
-                  chat_messages, content_hash, n_chars, ?, origin_row
+        """INSERT INTO examples (source, split, prompt, response, chat_messages, content_hash, n_chars, origin,
+                                 origin_row)
+           SELECT source, split, prompt, response, chat_messages, content_hash, n_chars, ?, origin_row
            FROM norm WHERE reason IS NULL AND NOT duplicate""",
         [origin],
     )

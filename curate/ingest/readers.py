@@ -151,7 +151,7 @@ def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
         )
         return f"{table}_head"
     # Cold path: only files with invalid bytes pay a Python loop, to keep each bad line as its own reject.
-    rows = []
+    rows: list[tuple[int, str, str | None]] = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             try:
