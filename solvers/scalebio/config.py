@@ -103,9 +103,32 @@ class ScaleBiOConfig:
     lisa_period: int = 20
     """T: LISA redraws the active blocks at steps 0, T, 2T, ... (the authors' ``--lisa-step``)."""
 
-    lisa_release_state: bool = False
-    """Drop the AdamW moments of a block when LISA freezes it. The authors keep them (a block resumes with its
-    old moments), which is the default; releasing them is what keeps LISA's memory saving over a long run."""
+    lisa_release_state: bool = True
+    """Drop the AdamW moments of a block when LISA freezes it (the default). PyTorch's AdamW keeps a frozen
+    parameter's state, so without this every block that was ever drawn holds its two moments and after a few
+    periods LISA's optimizer memory is that of full training; with it the state is bounded by the γ active
+    blocks plus the embeddings, final norm and head (``tests/solvers/test_scalebio_memory.py``). A redrawn block
+    starts Adam afresh (zero moments, bias correction from step 1), as at the start of the run. ``False`` keeps
+    the moments, as the authors' code does (a block resumes with the moments it had when it was last frozen)."""
+
+    lower_level: Literal["full", "lora"] = "full"
+    """How u and w are held. ``"full"``: two independent full copies of the model (the paper's method).
+    ``"lora"``: two LoRA adapters (peft) over one frozen copy of the base, so the base weights are held once and
+    only the adapters have gradients and AdamW state (:mod:`solvers.scalebio.lora`); excludes ``lisa``. The
+    authors' LoRA path uses r=128, lora_alpha=32, dropout 0.05."""
+
+    lora_r: int = 8
+    """LoRA rank of each adapter (``lower_level="lora"``)."""
+
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
+
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input."""
+
+    lora_target: str = "all-linear"
+    """Modules that get adapters: ``"all-linear"`` (every linear layer but the head) or a comma-separated list
+    of module names (e.g. ``"q_proj,v_proj"``)."""
 
     checkpoint_every: int = 50
     """Save a resumable checkpoint every this many steps when ``checkpoint_dir`` is given (0: only on
@@ -153,6 +176,20 @@ class ScaleBiOConfig:
         for name in ("warmup_ratio", "average_from"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"ScaleBiOConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.lower_level not in ("full", "lora"):
+            raise ValueError(f"ScaleBiOConfig.lower_level must be 'full' or 'lora', got {self.lower_level!r}")
+        if self.lower_level == "lora":
+            if self.lisa:
+                raise ValueError("ScaleBiOConfig.lisa and lower_level='lora' exclude each other (LoRA already "
+                                 "trains only the adapters); pick one")
+            if not isinstance(self.lora_r, int) or isinstance(self.lora_r, bool) or self.lora_r <= 0:
+                raise ValueError(f"ScaleBiOConfig.lora_r must be a positive integer, got {self.lora_r!r}")
+            if not self.lora_alpha > 0:
+                raise ValueError(f"ScaleBiOConfig.lora_alpha must be > 0, got {self.lora_alpha!r}")
+            if not 0 <= self.lora_dropout < 1:
+                raise ValueError(f"ScaleBiOConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+            if not self.lora_target.strip():
+                raise ValueError("ScaleBiOConfig.lora_target must name modules or be 'all-linear'")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"ScaleBiOConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
 

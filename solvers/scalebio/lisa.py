@@ -2,8 +2,10 @@
  Every ``period`` steps each model freezes all its transformer blocks and unfreezes ``n_active`` of them,
 drawn uniformly without replacement; u and w draw independently. Embeddings, the final norm and the LM head
 are outside the block list and so always train. A frozen parameter has ``requires_grad=False``, gets no
-gradient, and AdamW skips it entirely (no update, no weight decay). The draws come from one seeded generator
-whose state is part of the checkpoint, so a resumed run draws the same blocks.
+gradient, and AdamW skips it entirely (no update, no weight decay), but AdamW would keep its moments: with
+``release_state`` (the default) they are dropped when the block is frozen, so optimizer memory stays bounded by the
+active blocks plus the always-trained parameters. The draws come from one seeded generator whose state is part of
+the checkpoint, so a resumed run draws the same blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Lisa:
     """Block sampler for a fixed list of models (for ScaleBiO: ``[u, w]``)."""
 
     def __init__(self, models: Sequence[nn.Module], n_active: int, period: int, seed: int,
-                 release_state: bool = False) -> None:
+                 release_state: bool = True) -> None:
         self.blocks = [find_blocks(m) for m in models]
         for blocks in self.blocks:
             if n_active > len(blocks):
@@ -35,15 +37,22 @@ class Lisa:
         """Redraw the active blocks if ``step`` is a multiple of the period; returns whether it did.
 
         With ``release_state``, the AdamW moments of every block that is frozen now are dropped from the
-        matching optimizer (``optimizers`` aligned with the models).
+        matching optimizer (``optimizers`` aligned with the models, one per model).
+
+        Raises:
+            ValueError: ``release_state`` is set and ``optimizers`` does not hold one optimizer per model (the
+                state would silently stay, and with it the memory LISA is meant to save).
         """
+        if self.release_state and len(optimizers) != len(self.blocks):
+            raise ValueError(f"Lisa(release_state=True) needs one optimizer per model ({len(self.blocks)}), "
+                             f"got {len(optimizers)}")
         if step % self.period:
             return False
         self.active = [sorted(torch.randperm(len(b), generator=self.generator)[: self.n_active].tolist())
                        for b in self.blocks]
         self.apply()
         if self.release_state:
-            for blocks, active, opt in zip(self.blocks, self.active, optimizers, strict=False):
+            for blocks, active, opt in zip(self.blocks, self.active, optimizers, strict=True):
                 for i, block in enumerate(blocks):
                     if i not in active:
                         for param in block.parameters():

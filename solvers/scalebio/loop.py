@@ -92,7 +92,9 @@ class ScaleBiOResult:
     gap, grad_norm_u, grad_norm_w, grad_norm_lambda, tokens, tokens_per_s."""
     diagnostics: Diagnostics
     model: nn.Module
-    """The final w model (fits the target while staying near-optimal for the weighted training loss)."""
+    """The final w model (fits the target while staying near-optimal for the weighted training loss). With
+    ``lower_level="lora"`` it is an :class:`solvers.scalebio.lora.AdapterView` (callable like the model; its
+    ``shared`` attribute is the peft model with both adapters)."""
 
 
 @dataclass
@@ -153,7 +155,7 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     state = init_state(model, len(sources), cfg.lr_model, cfg.lr_lambda, cfg.weight_decay,
-                       cfg.lambda_weight_decay)
+                       cfg.lambda_weight_decay, lora=_lora_spec(cfg))
     lisa = (Lisa([state.u, state.w], cfg.lisa_layers, cfg.lisa_period, cfg.seed, cfg.lisa_release_state)
             if cfg.lisa else None)
     run = _Run(state, lisa, train, val, sources, cfg)
@@ -178,6 +180,15 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
         if checkpoint_dir is not None:
             checkpoint.save(checkpoint_dir, _snapshot(run))
     return _result(run)
+
+
+def _lora_spec(cfg: ScaleBiOConfig) -> Any:
+    if cfg.lower_level != "lora":
+        return None
+    from solvers.scalebio.lora import LoraSpec
+
+    return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target,
+                    seed=cfg.seed)
 
 
 def _due(step: int, every: int) -> bool:

@@ -19,7 +19,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from torch import nn
 from solvers.lm import per_example_loss, token_mean_loss
 from solvers.scalebio.objective import source_means
 from solvers.scalebio.simplex import weights
+
+if TYPE_CHECKING:
+    from solvers.scalebio.lora import LoraSpec
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -69,12 +72,21 @@ class StepLosses:
 
 
 def init_state(model: nn.Module, n_sources: int, lr_model: float, lr_lambda: float, weight_decay: float,
-               lambda_weight_decay: float) -> SolverState:
+               lambda_weight_decay: float, lora: LoraSpec | None = None) -> SolverState:
     """u and w as two independent deep copies of ``model``, λ = 0 (uniform weights), one AdamW each.
 
+    With ``lora``, u and w are instead two LoRA adapters over one frozen deep copy of ``model``
+    (:mod:`solvers.scalebio.lora`), and their optimizers hold the adapter weights only.
     λ is fp32 (fp64 for an fp64 model) on the model's device whatever the model's dtype.
     """
-    u, w = copy.deepcopy(model), copy.deepcopy(model)
+    u: nn.Module
+    w: nn.Module
+    if lora is not None:
+        from solvers.scalebio.lora import lora_pair
+
+        u, w = lora_pair(model, lora)
+    else:
+        u, w = copy.deepcopy(model), copy.deepcopy(model)
     ref = next(model.parameters())
     dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
     logits = torch.zeros(n_sources, dtype=dtype, device=ref.device, requires_grad=True)

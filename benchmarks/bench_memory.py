@@ -1,0 +1,197 @@
+"""Peak memory of ScaleBiO (full, LISA, LoRA shared base) against plain full-parameter AdamW fine-tuning.
+
+Run:  .venv/bin/python benchmarks/bench_memory.py            (defaults: ~10M-param Llama, batch 8 x 128, CPU)
+      .venv/bin/python benchmarks/bench_memory.py --help
+
+Each variant runs ``--steps`` steps in a fresh subprocess (so no variant inherits another's heap) and reports:
+ - peak RSS: VmHWM from /proc/self/status. ``getrusage``'s ru_maxrss is not used because Linux carries it across
+   ``execve``, so a child started by a big parent would report the parent's peak;
+ - above floor: peak minus the RSS measured after imports and batch creation, before any model is built;
+ - an exact breakdown of the live tensors after the step that held the most: parameters (every model copy the
+   method keeps, the caller's model included, shared storages once), gradients and optimizer state
+   (:func:`solvers.memory.breakdown`). Activations are transient; they are the rest of "above floor".
+LISA redraws every ``--lisa-period`` steps, so over the default 12 steps it sees six draws: ``scalebio_lisa``
+releases the AdamW moments of blocks it freezes (the default), ``scalebio_lisa_keep`` keeps them (the authors'
+behaviour) and shows the state that builds up. Not a test; RSS varies a little with the allocator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import torch
+
+from solvers.lm import per_example_loss, tiny_llama
+from solvers.memory import MemoryBreakdown, breakdown
+from solvers.scalebio.lisa import Lisa
+from solvers.scalebio.step import init_state, scalebio_step
+
+VARIANTS = ("finetune", "scalebio", "scalebio_lisa", "scalebio_lisa_keep", "scalebio_lora")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--sources", type=int, default=4)
+    ap.add_argument("--lisa-layers", type=int, default=2)
+    ap.add_argument("--lisa-period", type=int, default=2)
+    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=12, help="steps per variant")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    ap.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
+    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def make_batch(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
+    """Random tokens; the first quarter of each row is a masked prompt, the rest is the response."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, args.vocab, (args.batch, args.seq), generator=g)
+    labels = ids.clone()
+    labels[:, : args.seq // 4] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "source_ids": torch.arange(args.batch) % args.sources}
+
+
+class FineTune:
+    """Plain full-parameter fine-tuning: the same loss, clipping and AdamW as ScaleBiO's u."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-4)
+
+    def step(self, batch: dict[str, torch.Tensor], _val: dict[str, torch.Tensor]) -> None:
+        self.model.zero_grad(set_to_none=True)
+        per_example_loss(self.model, batch).mean().backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+
+    def held(self) -> MemoryBreakdown:
+        return breakdown([self.model], [self.opt])
+
+
+class ScaleBiO:
+    """ScaleBiO steps; ``caller`` is the model the run was started from (fit keeps it alive too)."""
+
+    def __init__(self, caller: torch.nn.Module, args: argparse.Namespace, variant: str) -> None:
+        lora = None
+        if variant == "scalebio_lora":
+            from solvers.scalebio.lora import LoraSpec
+
+            lora = LoraSpec(r=args.lora_r)
+        self.caller = caller
+        self.state = init_state(caller, args.sources, 1e-4, 1e-2, 5e-4, 0.01, lora=lora)
+        self.n_sources, self.t = args.sources, 0
+        self.lisa = None
+        if variant.startswith("scalebio_lisa"):
+            self.lisa = Lisa([self.state.u, self.state.w], args.lisa_layers, args.lisa_period, 0,
+                             release_state=variant == "scalebio_lisa")
+
+    def step(self, batch: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> None:
+        if self.lisa is not None:
+            self.lisa.maybe_redraw(self.t, [self.state.opt_u, self.state.opt_w])
+        scalebio_step(self.state, batch, val, alpha=10.0, lr_model=1e-4, lr_lambda=1e-2, n_sources=self.n_sources)
+        self.t += 1
+
+    def held(self) -> MemoryBreakdown:
+        s = self.state
+        shared: list[Any] = [s.u.shared] if hasattr(s.u, "shared") else []  # LoRA: the base both adapters share
+        return breakdown([self.caller, s.u, s.w, *shared], [s.opt_u, s.opt_w, s.opt_lambda])
+
+
+def new_model(args: argparse.Namespace) -> torch.nn.Module:
+    return tiny_llama(args.vocab, hidden=args.hidden, layers=args.layers, heads=4, max_len=args.seq)
+
+
+def proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak of this process image), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    batch, val = make_batch(args, 0), make_batch(args, 1)
+    floor = proc_status_bytes("VmRSS")
+    model = new_model(args)
+    runner = FineTune(model) if args.child == "finetune" else ScaleBiO(model, args, args.child)
+    held = MemoryBreakdown(0, 0, 0)
+    for _ in range(args.steps):
+        runner.step(batch, val)
+        now = runner.held()
+        held = now if now.total > held.total else held
+    return {"floor": floor, "peak": proc_status_bytes("VmHWM"), "params": held.params, "grads": held.grads,
+            "optimizer": held.optimizer}
+
+
+def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
+    keys = ("vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "lisa_period", "lora_r", "steps",
+            "threads")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant] + [
+        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
+    n_params = sum(p.numel() for p in new_model(args).parameters())
+    mib = 2**20
+    base = results.get("finetune", {})
+    lines = [
+        f"model: Llama {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}: {n_params / 1e6:.2f}M params; "
+        f"batch {args.batch} x {args.seq}; {args.steps} steps; LISA gamma={args.lisa_layers} period "
+        f"{args.lisa_period}; LoRA r={args.lora_r}; {args.threads} threads",
+        "",
+        f"{'variant':<20}{'params':>8}{'grads':>8}{'optim':>8}{'tensors':>9}{'x ft':>7}"
+        f"{'peak RSS':>10}{'above floor':>13}{'x ft':>7}   (MiB)",
+    ]
+    for v, r in results.items():
+        if "error" in r:
+            lines.append(f"{v:<20}failed: {r['error'][:90]}")
+            continue
+        tensors = r["params"] + r["grads"] + r["optimizer"]
+        above = r["peak"] - r["floor"]
+        row = (f"{v:<20}{r['params'] / mib:>8.1f}{r['grads'] / mib:>8.1f}{r['optimizer'] / mib:>8.1f}"
+               f"{tensors / mib:>9.1f}")
+        if "params" in base:
+            base_tensors = base["params"] + base["grads"] + base["optimizer"]
+            row += f"{tensors / base_tensors:>7.2f}"
+        else:
+            row += f"{'':>7}"
+        row += f"{r['peak'] / mib:>10.0f}{above / mib:>13.0f}"
+        row += f"{above / (base['peak'] - base['floor']):>7.2f}" if "peak" in base else ""
+        lines.append(row)
+    lines += ["", "tensors: params + grads + optimizer state after the step that held the most (exact); params "
+              "include the caller's model, which fit() keeps alive. peak RSS: VmHWM of a fresh process; above "
+              "floor: minus the RSS after imports and batch creation (adds activations and allocator slack)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    results = {v: measure(args, v) for v in args.variants.split(",")}
+    print(report(args, results))
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
