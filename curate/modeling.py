@@ -73,9 +73,9 @@ def quiet_hf() -> None:
     hf_logging.set_verbosity_error()
 
 
-def save_base(run_dir: Path, model: Any, tokenizer: Any) -> Path:
-    """Save the untrained base model and tokenizer as ``run_dir/base_model`` (compare starts from it)."""
-    dest = run_dir / "base_model"
+def save_base(run_dir: Path, model: Any, tokenizer: Any, name: str = "base_model") -> Path:
+    """Save a model and its tokenizer as ``run_dir/name`` (the untrained base by default; compare starts from it)."""
+    dest = run_dir / name
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest

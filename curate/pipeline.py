@@ -46,6 +46,8 @@ class ReweightSettings:
     tiny: dict = field(default_factory=dict)
     method_args: dict = field(default_factory=dict)
     per_method: dict = field(default_factory=dict)
+    save_model: bool = False
+    """ScaleBiO: also save the final w model (fits the target, near-optimal on the weighted pool) to RUN/model."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -179,7 +181,11 @@ def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], po
     if settings.method == "scalebio" and zero_stage is not None:
         return _run_scalebio_distributed(model, train, tgt, cfg, on_step, zero_stage)
     if settings.method == "scalebio":
-        return _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
+        out = _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
+        final = out.pop("model")
+        if settings.save_model and hasattr(final, "save_pretrained"):
+            save_base(run_dir, final, tok, name="model")
+        return out
     from baselines import run as run_baseline
 
     try:
@@ -204,7 +210,7 @@ def _run_scalebio(model: Any, train: Any, tgt: Any, cfg: Any, run_dir: Path, on_
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"scalebio: {e}") from None
     return {"weights": res.weights, "averaged": res.averaged_weights, "trajectory": res.trajectory,
-            "diagnostics": dataclasses.asdict(res.diagnostics)}
+            "diagnostics": dataclasses.asdict(res.diagnostics), "model": res.model}
 
 
 def _run_scalebio_distributed(model: Any, train: Any, tgt: Any, cfg: Any, on_step: StepFn | None,

@@ -29,10 +29,15 @@ def test_scalebio_reweight_end_to_end(tmp_path, arith_db):
     run = tmp_path / "sb"
     res = runner.invoke(app, ["reweight", "--method", "scalebio", "--steps", "40", "--db", str(arith_db),
                               "--out", str(run), "--quiet", "template=plain", "batch_size=16", "val_batch_size=16",
-                              "tiny.hidden=32", "max_len=32"])
+                              "tiny.hidden=32", "max_len=32", "save_model=true"])
     assert res.exit_code == 0, res.output
     doc = json.loads((run / "weights.json").read_text())
     assert abs(sum(doc["sources"].values()) - 1) < 1e-6 and doc["averaged"]
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(run / "base_model")
+    final = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert any((a - b).abs().max() > 0 for a, b in zip(base.parameters(), final.parameters(), strict=True))
     assert (run / "trajectory.parquet").exists() and (run / "config.yaml").exists()
 
 
