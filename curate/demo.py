@@ -1,8 +1,8 @@
 """The embedded default: a multi-source corpus from `reasoning-gym`, then ingest -> every method -> compare.
 
 Sources (train split), each a real procedural task with exact answers:
-- ``arith`` 2-term addition of 1-2 digit numbers, the target task (clean, and the smallest source);
-- ``arith_corrupt`` the same task with every answer off by 10-60 (planted bad source, twice as large);
+- ``arith`` 2-term addition of 1-2 digit numbers, the target task (clean, the smallest source);
+- ``arith_corrupt`` the same task with every answer off by 10-60 (planted bad source, the largest);
 - ``arith_mul`` multiplication and ``chain_sum`` longer signed sums (related formats, other tasks);
 - ``spell_backward`` spelling words backwards (off-target).
 Prompts are short on purpose: a 2-core CPU trains on every arm in minutes.
@@ -24,11 +24,11 @@ ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "oper
 MUL = {**ARITH, "operators": ("*",)}
 # name: (reasoning-gym task, its parameters, rows, corrupt answers?)
 SOURCES: dict[str, tuple[str, dict[str, Any], int, bool]] = {
-    "arith": ("basic_arithmetic", ARITH, 300, False),
-    "arith_corrupt": ("basic_arithmetic", ARITH, 600, True),
-    "arith_mul": ("basic_arithmetic", MUL, 400, False),
-    "chain_sum": ("chain_sum", {}, 400, False),
-    "spell_backward": ("spell_backward", {}, 300, False),
+    "arith": ("basic_arithmetic", ARITH, 700, False),
+    "arith_corrupt": ("basic_arithmetic", ARITH, 1200, True),
+    "arith_mul": ("basic_arithmetic", MUL, 800, False),
+    "chain_sum": ("chain_sum", {}, 800, False),
+    "spell_backward": ("spell_backward", {}, 800, False),
 }
 
 
@@ -72,16 +72,16 @@ def _write(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-DEMO_BUDGET = 600
+DEMO_BUDGET = 800
 DEMO_CONFIG: dict[str, Any] = {
     "template": "plain",
     "max_len": 64,
     "tiny": {"vocab_size": 384, "hidden": 128, "layers": 2, "heads": 4},
-    "scalebio": {"steps": 150, "batch_size": 40, "val_batch_size": 32, "alpha": 10.0},
+    "scalebio": {"steps": 300, "batch_size": 40, "val_batch_size": 32, "alpha": 10.0},
     # Tiny models trained from scratch need far larger learning rates than the papers' 7B-scale defaults.
     "less": {"lr": 1e-2, "warmup_epochs": 2, "proj_dim": 1024, "select_fraction": 0.2, "grad_batch_size": 32},
     "rho": {"reference_steps": 150, "reference_lr": 3e-3, "select_fraction": 0.2},
     "doremi": {"reference_data": "target", "reference_steps": 150, "reference_lr": 3e-3, "proxy_steps": 150,
                "proxy_lr": 1e-3},
-    "recipe": {"steps": 500, "lr": 3e-3, "batch_size": 32, "eval_limit": 200, "max_new_tokens": 5},
+    "recipe": {"steps": 600, "lr": 3e-3, "batch_size": 32, "eval_limit": 200, "max_new_tokens": 5},
 }
