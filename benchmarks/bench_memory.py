@@ -25,8 +25,9 @@ import sys
 from typing import Any
 
 import torch
+from _common import FineTune as _FineTune
+from _common import make_batch, new_model, proc_status_bytes
 
-from solvers.lm import per_example_loss, tiny_llama
 from solvers.memory import MemoryBreakdown, breakdown
 from solvers.scalebio.lisa import Lisa
 from solvers.scalebio.step import init_state, scalebio_step
@@ -53,28 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def make_batch(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
-    """Random tokens; the first quarter of each row is a masked prompt, the rest is the response."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, args.vocab, (args.batch, args.seq), generator=g)
-    labels = ids.clone()
-    labels[:, : args.seq // 4] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-            "source_ids": torch.arange(args.batch) % args.sources}
-
-
-class FineTune:
-    """Plain full-parameter fine-tuning: the same loss, clipping and AdamW as ScaleBiO's u."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-4)
-
-    def step(self, batch: dict[str, torch.Tensor], _val: dict[str, torch.Tensor]) -> None:
-        self.model.zero_grad(set_to_none=True)
-        per_example_loss(self.model, batch).mean().backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
+class FineTune(_FineTune):
+    """The fine-tuning reference, plus what it holds in memory."""
 
     def held(self) -> MemoryBreakdown:
         return breakdown([self.model], [self.opt])
@@ -107,19 +88,6 @@ class ScaleBiO:
         s = self.state
         shared: list[Any] = [s.u.shared] if hasattr(s.u, "shared") else []  # LoRA: the base both adapters share
         return breakdown([self.caller, s.u, s.w, *shared], [s.opt_u, s.opt_w, s.opt_lambda])
-
-
-def new_model(args: argparse.Namespace) -> torch.nn.Module:
-    return tiny_llama(args.vocab, hidden=args.hidden, layers=args.layers, heads=4, max_len=args.seq)
-
-
-def proc_status_bytes(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak of this process image), in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:

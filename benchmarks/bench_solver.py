@@ -26,8 +26,8 @@ import time
 from typing import Any
 
 import torch
+from _common import FineTune, make_batch, new_model, proc_status_bytes
 
-from solvers.lm import per_example_loss, tiny_llama
 from solvers.scalebio.lisa import Lisa
 from solvers.scalebio.step import init_state, scalebio_step
 
@@ -52,30 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def make_batch(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
-    """Random tokens; the first quarter of each row is a masked prompt, the rest is the response."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, args.vocab, (args.batch, args.seq), generator=g)
-    labels = ids.clone()
-    labels[:, : args.seq // 4] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-            "source_ids": torch.arange(args.batch) % args.sources}
-
-
-class FineTune:
-    """Plain full fine-tuning: the same loss (response-token mean per example), clipping and AdamW."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-4)
-
-    def step(self, batch: dict[str, torch.Tensor], _val: dict[str, torch.Tensor]) -> None:
-        self.model.zero_grad(set_to_none=True)
-        per_example_loss(self.model, batch).mean().backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-
-
 class ScaleBiO:
     """One ScaleBiO step (u, w and λ updates), optionally with LISA on u and w."""
 
@@ -98,10 +74,6 @@ def build(variant: str, model: torch.nn.Module, args: argparse.Namespace) -> Fin
     return ScaleBiO(model, args.sources, args.lisa_layers if variant == "scalebio_lisa" else None)
 
 
-def new_model(args: argparse.Namespace) -> torch.nn.Module:
-    return tiny_llama(args.vocab, hidden=args.hidden, layers=args.layers, heads=4, max_len=args.seq)
-
-
 def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
     batch, val = make_batch(args, 0), make_batch(args, 1)
     runners = {v: build(v, new_model(args), args) for v in VARIANTS}
@@ -113,19 +85,6 @@ def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
             if i >= args.warmup:
                 times[v].append(time.perf_counter() - start)
     return times
-
-
-def proc_status_bytes(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), in bytes.
-
-    VmHWM is the peak of this process image; ``getrusage``'s ru_maxrss is not usable here because Linux
-    carries it across ``execve``, so a child would report the parent's peak.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_child(args: argparse.Namespace) -> None:

@@ -103,7 +103,6 @@ def test_second_process_gets_a_lock_message(tmp_path, db):
                                "time.sleep(30)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
-        res = runner.invoke(app, ["ingest", str(tmp_path / "x.jsonl"), "--db", str(db)])
         write_jsonl(tmp_path / "x.jsonl", alpaca_rows("z", 2))
         start = time.time()
         res = runner.invoke(app, ["ingest", str(tmp_path / "x.jsonl"), "--db", str(db)])
