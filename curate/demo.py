@@ -2,7 +2,8 @@
 
 Sources (train split), each a real procedural task with exact answers:
 - ``arith`` 2-term addition of 1-2 digit numbers, the target task (clean, the smallest source);
-- ``arith_corrupt`` the same task with every answer off by 10-60 (planted bad source, the largest);
+- ``arith_corrupt`` the same task with every answer replaced by "." (planted bad source, the largest; the
+  corruption of the ScaleBiO paper's denoising experiment);
 - ``arith_mul`` multiplication and ``chain_sum`` longer signed sums (related formats, other tasks);
 - ``spell_backward`` spelling words backwards (off-target).
 Prompts are short on purpose: a 2-core CPU trains on every arm in minutes.
@@ -13,7 +14,6 @@ on ``arith`` alone, the ceiling a perfect weighting could reach.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,11 @@ SOURCES: dict[str, tuple[str, dict[str, Any], int, bool]] = {
 def _rows(task: str, params: dict[str, Any], n: int, seed: int, corrupt: bool) -> list[dict[str, str]]:
     import reasoning_gym
 
-    rng = random.Random(seed)
     out = []
     for ex in reasoning_gym.create_dataset(task, size=n, seed=seed, **params):
         answer = str(ex["answer"])
-        if corrupt:  # clearly wrong, but still a number of the usual size
-            shift, true = rng.randint(10, 60), int(answer)
-            answer = str(true - shift if true - shift >= 0 and rng.random() < 0.5 else true + shift)
+        if corrupt:  # the ScaleBiO paper's corruption (corrupt_data.py): the answer replaced by a placeholder
+            answer = "."
         out.append({"instruction": ex["question"], "input": "", "output": answer})
     return out
 

@@ -30,5 +30,5 @@ def test_planted_sources_are_what_they_claim(tmp_path):
         return int(a) + int(b) == int(row["output"])
 
     assert all(correct(r) for r in _read(files["arith"]))
-    assert not any(correct(r) for r in _read(files["arith_corrupt"]))
+    assert all(r["output"] == "." for r in _read(files["arith_corrupt"]))
     assert all(correct(r) for r in _read(files["target_test"]))
