@@ -54,7 +54,9 @@ class BatchSampler(Protocol):
     ``[B]``).
     """
 
-    data: _Named
+    @property
+    def data(self) -> _Named: ...  # read-only, so any object with ``sources`` satisfies it
+
     batch_size: int
 
     def next(self) -> dict[str, torch.Tensor]: ...
