@@ -47,12 +47,14 @@ def validate_weights(weights: Mapping[str, float], known: set[str] | None = None
 
 
 def normalise(weights: Mapping[str, float]) -> dict[str, float]:
-    """Scale non-negative weights to sum to exactly 1 (the last source absorbs the rounding)."""
+    """Scale non-negative weights to sum to 1, so a method's float rounding never fails validation.
+
+    Kept torch-free here (the base install validates weights too); the methods have their own twins.
+    """
     total = float(sum(weights.values()))
     if total <= 0:
         raise DataError("weights: all zero; at least one source needs a positive weight")
-    out = {k: float(v) / total for k, v in weights.items()}
-    return out
+    return {k: float(v) / total for k, v in weights.items()}
 
 
 def build_weights_doc(method: str, weights: Mapping[str, float], *, counts: Mapping[str, int],
