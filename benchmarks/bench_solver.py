@@ -12,17 +12,24 @@ from /proc/self/status) and its RSS just before the models are built (after impo
 building the batches). The difference ("above floor") is what the method itself holds: the model copies (for
 ScaleBiO the caller's model plus u and w), gradients, AdamW moments and activations. The ratio of totals is
 diluted by the ~0.3-0.5 GB every torch process holds, so both are printed. Not a test; numbers vary with load.
+ DeepSpeed (``--deepspeed``, on when deepspeed is installed): ScaleBiO through ``solvers.distributed`` on 2 gloo
+processes under torchrun (``DS_ACCELERATOR=cpu``, ZeRO-2), each on half of the same global batch with half the
+threads, after the single-process variants; its median step time and its steps/s over single-process ScaleBiO's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -48,7 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--memory-steps", type=int, default=3, help="steps per memory subprocess")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--deepspeed", action=argparse.BooleanOptionalAction,
+                    default=importlib.util.find_spec("deepspeed") is not None,
+                    help="also time ScaleBiO on 2 DeepSpeed ZeRO-2 processes (default: on when installed)")
     ap.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--ds-child", help=argparse.SUPPRESS)  # a torchrun rank; rank 0 writes its times here
     return ap.parse_args(argv)
 
 
@@ -110,6 +121,67 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     return out
 
 
+DS_PROCS = 2
+SIZE_FLAGS = ("vocab", "hidden", "layers", "batch", "seq", "sources", "warmup", "repeats")
+
+
+class FixedBatches:
+    """The one batch every step of the benchmark uses, shaped as the sampler ``fit_distributed`` reads."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], n_sources: int) -> None:
+        self.batch, self.batch_size = batch, len(batch["input_ids"])
+        self.data = SimpleNamespace(sources=[f"s{i}" for i in range(n_sources)])
+
+    def next(self) -> dict[str, torch.Tensor]:
+        return self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def deepspeed_child(args: argparse.Namespace) -> None:
+    """One rank: ScaleBiO with u and w as ZeRO-2 engines on the benchmark's batches; rank 0 writes the times of
+    the steps after warm-up (from one ``on_step`` call to the next)."""
+    from solvers.distributed import fit_distributed, is_writer, shutdown
+    from solvers.scalebio import ScaleBiOConfig
+
+    torch.set_num_threads(args.threads)
+    warmup = max(1, args.warmup)  # the first step is timed from the previous one, so at least one is untimed
+    cfg = ScaleBiOConfig(steps=warmup + args.repeats, batch_size=args.batch, val_batch_size=args.batch,
+                         lr_model=1e-4, lr_lambda=1e-2, alpha=10.0, schedule="constant", checkpoint_every=0)
+    stamps: list[float] = []
+    fit_distributed(new_model(args), FixedBatches(make_batch(args, 0), args.sources),
+                    FixedBatches(make_batch(args, 1), args.sources), cfg, zero_stage=2,
+                    on_step=lambda _row: stamps.append(time.perf_counter()))
+    writer = is_writer()
+    shutdown()
+    if writer:
+        with open(args.ds_child, "w") as f:
+            json.dump([b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:], strict=False)], f)
+
+
+def time_deepspeed(args: argparse.Namespace) -> list[float]:
+    """Step times of ScaleBiO on ``DS_PROCS`` torchrun ranks (gloo, CPU), sharing the threads of the others."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "times.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={DS_PROCS}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", __file__, f"--ds-child={out}",
+               f"--threads={max(1, args.threads // DS_PROCS)}"] + [
+            f"--{k}={getattr(args, k)}" for k in SIZE_FLAGS]
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(max(1, args.threads // DS_PROCS))}
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"the DeepSpeed run failed:\n{res.stderr[-3000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
 def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None) -> str:
     n_params = sum(p.numel() for p in new_model(args).parameters())
     blocks = n_params - 2 * args.vocab * args.hidden - args.hidden
@@ -133,6 +205,12 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
             base_above = memory["finetune"]["peak"] - memory["finetune"]["floor"]
             row += f"{peak / 2**20:>10.0f}{above / 2**20:>13.0f}{above / base_above:>12.2f}"
         lines.append(row)
+    if "scalebio_ds2" in times:
+        med, single = statistics.median(times["scalebio_ds2"]), statistics.median(times["scalebio"])
+        lines.append(f"{'scalebio_ds2':<16}{med:>9.3f}{med / base:>12.2f}{tokens / med:>13.0f}")
+        lines.append(f"\nDeepSpeed ZeRO-2, {DS_PROCS} gloo processes x {max(1, args.threads // DS_PROCS)} threads, "
+                     f"same global batch: {1 / med:.2f} steps/s vs {1 / single:.2f} single-process ScaleBiO "
+                     f"= {single / med:.2f}x")
     lines += [
         "",
         "targets: ScaleBiO <= 3.0x fine-tuning time, ScaleBiO + LISA <= 2.5x.",
@@ -149,9 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_child:
         memory_child(args)
         return
+    if args.ds_child:
+        deepspeed_child(args)
+        return
     torch.set_num_threads(args.threads)
     memory = None if args.skip_memory else measure_memory(args)
     times = time_steps(args)
+    if args.deepspeed:
+        times["scalebio_ds2"] = time_deepspeed(args)
     print(report(args, times, memory))
 
 

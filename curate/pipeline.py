@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -119,11 +120,13 @@ StepFn = Callable[[dict[str, Any]], None]
 
 
 def reweight(db: Path, settings: ReweightSettings, run_dir: Path, *, on_step: StepFn | None = None,
-             resume: bool = False, zero_stage: int | None = None) -> ReweightOutcome:
+             resume: bool = False, zero_stage: int | None = None,
+             ds_config: dict[str, Any] | None = None) -> ReweightOutcome:
     """Learn weights (or scores) with ``settings.method`` and write the run folder; resample when a budget is set.
 
     ``zero_stage``: run ScaleBiO on the DeepSpeed engine (every rank of a torchrun job calls this); only rank 0
     writes the run folder and the database, the other ranks return after training with an empty ``doc``.
+    ``ds_config``: the user's DeepSpeed config (:func:`read_deepspeed_config`), the base of the engines' configs.
     """
     start = time.perf_counter()
     writer = zero_stage is None or os.environ.get("RANK", "0") == "0"
@@ -138,7 +141,8 @@ def reweight(db: Path, settings: ReweightSettings, run_dir: Path, *, on_step: St
         run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and writer:  # a resumed run keeps the config it started with (fit refuses a different one)
         write_config(run_dir, resolved)
-    result = _run_method(settings, cfg, counts, pool, target, run_dir, on_step, resume, zero_stage, writer)
+    distributed = None if zero_stage is None else (zero_stage, ds_config)
+    result = _run_method(settings, cfg, counts, pool, target, run_dir, on_step, resume, distributed, writer)
     if not writer:
         return ReweightOutcome(run_dir, settings.method, result["weights"], {}, time.perf_counter() - start)
     config_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -161,8 +165,8 @@ def reweight(db: Path, settings: ReweightSettings, run_dir: Path, *, on_step: St
 
 
 def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], pool: Rows, target: Rows,
-                run_dir: Path, on_step: StepFn | None, resume: bool, zero_stage: int | None = None,
-                writer: bool = True) -> dict[str, Any]:
+                run_dir: Path, on_step: StepFn | None, resume: bool,
+                distributed: tuple[int, dict[str, Any] | None] | None = None, writer: bool = True) -> dict[str, Any]:
     if settings.method in SIMPLE:
         from baselines import BASELINES
 
@@ -178,8 +182,8 @@ def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], po
     sources = sorted(counts)
     train = tokenize(pool, tok, sources, settings.max_len, settings.template)
     tgt = tokenize(target, tok, sources, settings.max_len, settings.template)
-    if settings.method == "scalebio" and zero_stage is not None:
-        return _run_scalebio_distributed(model, train, tgt, cfg, on_step, zero_stage)
+    if settings.method == "scalebio" and distributed is not None:
+        return _run_scalebio_distributed(model, train, tgt, cfg, on_step, *distributed)
     if settings.method == "scalebio":
         out = _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
         final = out.pop("model")
@@ -214,13 +218,13 @@ def _run_scalebio(model: Any, train: Any, tgt: Any, cfg: Any, run_dir: Path, on_
 
 
 def _run_scalebio_distributed(model: Any, train: Any, tgt: Any, cfg: Any, on_step: StepFn | None,
-                              zero_stage: int) -> dict[str, Any]:
+                              zero_stage: int, ds_config: dict[str, Any] | None) -> dict[str, Any]:
     from solvers.distributed import fit_distributed, shutdown
     from solvers.scalebio import NonFiniteLossError, make_samplers
 
     tr, va = make_samplers(train, tgt, cfg)
     try:
-        res = fit_distributed(model, tr, va, cfg, zero_stage=zero_stage, on_step=on_step)
+        res = fit_distributed(model, tr, va, cfg, zero_stage=zero_stage, ds_config=ds_config, on_step=on_step)
     except NonFiniteLossError as e:
         raise ConfigError(f"{e}; lower lr_model or lr_lambda") from None
     except ValueError as e:
@@ -229,6 +233,44 @@ def _run_scalebio_distributed(model: Any, train: Any, tgt: Any, cfg: Any, on_ste
         shutdown()
     return {"weights": res.weights, "averaged": res.averaged_weights, "trajectory": res.trajectory,
             "diagnostics": dataclasses.asdict(res.diagnostics)}
+
+
+def read_deepspeed_config(path: Path) -> dict[str, Any]:
+    """``--deepspeed-config``: a DeepSpeed config file (``.json`` as JSON, anything else as YAML), read here
+    without importing deepspeed so that a bad file is reported before any rank starts."""
+    import yaml
+
+    where = f"--deepspeed-config: {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read ({e.strerror or e}); pass a DeepSpeed JSON or YAML file") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise ConfigError(f"{where} is not valid {kind} ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping of DeepSpeed keys (e.g. zero_optimization)")
+    return data
+
+
+def check_deepspeed_config(user: dict[str, Any] | None, path: Path | None, cfg: Any, nproc: int,
+                           zero: int | None) -> int:
+    """The ZeRO stage to run (``--zero``, else the file's ``zero_optimization.stage``, else 2), after building
+    an engine config once, so that a key curate owns is refused in the parent, naming the file and key."""
+    from solvers.distributed import engine_config, zero_stage_of
+
+    where = f"--deepspeed-config: {path}: " if path is not None else "--zero: "
+    try:
+        stage = zero_stage_of(user, zero)
+        if stage not in (2, 3):
+            raise ValueError(f"ZeRO stage {stage} is not 2 or 3 (zero_optimization.stage or --zero)")
+        engine_config(user, micro_batch=math.ceil(cfg.batch_size / nproc), world=nproc, grad_clip=cfg.grad_clip,
+                      zero_stage=stage)
+    except ValueError as e:
+        raise ConfigError(f"{where}{e}") from None
+    return stage
 
 
 def _write_extras(run_dir: Path, result: dict[str, Any]) -> None:

@@ -16,6 +16,13 @@ compiling DeepSpeed's fused_adam), ``gradient_clipping`` of ``grad_clip`` (u) an
 Only rank 0 should write results (:func:`is_writer`). Not supported here: LISA (ZeRO partitions what trains at
 initialisation), ``lower_level="lora"``, growing α (``stages > 1``), bf16 autocast and checkpoints.
 
+A user's own DeepSpeed config (``ds_config``; ``curate reweight --deepspeed-config FILE``) is the base of both
+engines' configs (:func:`engine_config`): its ZeRO offload, bucket and precision settings are kept; curate sets
+the batch sizes, gradient accumulation (1), clipping and the optimizer flags on top, refuses ``optimizer`` and
+``scheduler`` blocks and batch/clipping values other than its own, and an explicit ``zero_stage`` (``--zero``)
+beats the file's ``zero_optimization.stage``. ZeRO-Offload runs curate's torch AdamW on the host
+(``zero_force_ds_cpu_optimizer`` is off): it works with ``DS_ACCELERATOR=cpu``, but is not DeepSpeedCPUAdam-fast.
+
 deepspeed is optional (``pip install 'curate[deepspeed]'``); this is the only module that imports it.
 """
 
@@ -25,7 +32,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -68,17 +75,90 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def _engine(model: nn.Module, lr: float, weight_decay: float, zero_stage: int, micro_batch: int, world: int,
-            clip: float | None) -> Any:
+def zero_stage_of(user: Mapping[str, Any] | None, zero_stage: int | None = None) -> int:
+    """The ZeRO stage to run: ``zero_stage`` when given (``--zero``), else the user config's
+    ``zero_optimization.stage``, else 2, so a user config alone can choose the stage."""
+    if zero_stage is not None:
+        return zero_stage
+    zero = (user or {}).get("zero_optimization") or {}
+    stage = zero.get("stage", 2) if isinstance(zero, Mapping) else 2
+    if isinstance(stage, bool) or not isinstance(stage, int):
+        raise ValueError(f"'zero_optimization.stage' must be an integer 0..3, got {stage!r}")
+    return stage
+
+
+def engine_config(user: Mapping[str, Any] | None, *, micro_batch: int, world: int, grad_clip: float | None,
+                  clip_scale: float = 1.0, zero_stage: int | None = None) -> dict[str, Any]:
+    """DeepSpeed's config for one engine: a copy of the user's config with the fields curate must own set on top.
+
+    Kept from the user: everything else (``zero_optimization`` offload and bucket settings, ``bf16``, ...).
+    Set by curate: the batch sizes (from ``micro_batch`` and ``world``), ``gradient_clipping`` (``grad_clip``
+    times ``clip_scale``: 1 for u, α for w), and the flags that let its torch AdamW in (curate owns the optimizer
+    and its schedule). The ZeRO stage is :func:`zero_stage_of`. A user may repeat a batch or clipping field only
+    with curate's value (for clipping: ``grad_clip``) or ``"auto"``; ``optimizer``/``scheduler`` are refused.
+
+    Raises:
+        ValueError: naming the user's key and the fix.
+    """
+    owned: dict[str, tuple[Any, str]] = {  # key: (curate's value, the curate key that sets it)
+        "train_micro_batch_size_per_gpu": (micro_batch, f"batch_size (split over {world} ranks)"),
+        "gradient_accumulation_steps": (1, "batch_size (one step per global batch)"),
+        "train_batch_size": (micro_batch * world, f"batch_size (rounded up to {world} ranks)"),
+        "gradient_clipping": (grad_clip, "grad_clip (w clips at alpha * grad_clip)")}
+    config = copy.deepcopy(dict(user or {}))
+    _check_user_config(config, owned)
+    zero = config.get("zero_optimization") or {}
+    if not isinstance(zero, Mapping):
+        raise ValueError(f"'zero_optimization' must be a mapping, got {zero!r}")
+    config["zero_optimization"] = {**zero, "stage": zero_stage_of(config, zero_stage)}
+    config.update({k: v for k, (v, _) in owned.items()})
+    if grad_clip is None:
+        del config["gradient_clipping"]
+    else:
+        config["gradient_clipping"] = grad_clip * clip_scale
+    # curate passes its own torch AdamW: DeepSpeed refuses it without these (with offload it asks for CPUAdam)
+    config.update({"zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False})
+    config.setdefault("steps_per_print", 10**9)
+    config.setdefault("wall_clock_breakdown", False)
+    return config
+
+
+_REFUSED = {"optimizer": "curate trains u and w with its own AdamW; remove the block and set lr_model and "
+                         "weight_decay instead",
+            "scheduler": "curate owns the learning-rate schedule; remove the block and set schedule and "
+                         "warmup_ratio instead"}
+
+
+def _check_user_config(config: Mapping[str, Any], owned: Mapping[str, tuple[Any, str]]) -> None:
+    """Refuse what would silently fight curate: its optimizer and schedule, other batch sizes, other clipping,
+    and Hugging Face Trainer ``"auto"`` placeholders that DeepSpeed alone cannot fill."""
+    for key, why in _REFUSED.items():
+        if key in config:
+            raise ValueError(f"{key!r}: {why}")
+    for key, (value, source) in owned.items():
+        got = config.get(key, "auto")
+        if got != "auto" and got != value:
+            raise ValueError(f"{key!r} is {got!r} but curate sets {value!r} from {source}; remove the key (or "
+                             f"make it \"auto\") and set {source.split()[0]} in curate's config instead")
+    for path in _auto_keys(config):
+        if path not in owned:
+            raise ValueError(f"{path!r} is \"auto\", which only Hugging Face's Trainer fills in; set a value or "
+                             "remove the key")
+
+
+def _auto_keys(node: Mapping[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            found += _auto_keys(value, f"{prefix}{key}.")
+        elif value == "auto":
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def _engine(model: nn.Module, lr: float, weight_decay: float, config: dict[str, Any]) -> Any:
     import deepspeed
 
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
-        "train_batch_size": micro_batch * world, "zero_optimization": {"stage": zero_stage},
-        "zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "wall_clock_breakdown": False,
-    }
-    if clip is not None:
-        config["gradient_clipping"] = clip
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
@@ -100,18 +180,23 @@ def _shard(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, t
 
 
 def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOConfig, *,
-                    zero_stage: int = 2, on_step: Callable[[dict[str, float]], None] | None = None) -> ScaleBiOResult:
+                    zero_stage: int | None = None, ds_config: Mapping[str, Any] | None = None,
+                    on_step: Callable[[dict[str, float]], None] | None = None) -> ScaleBiOResult:
     """:func:`solvers.scalebio.fit` across the ranks of a torchrun job (call it on every rank, same arguments).
 
     Returns the same result on every rank (weights, averaged weights, trajectory of global-batch statistics);
     ``model`` of the result is w's module (under ZeRO-3 its parameters are partitioned across ranks).
+    ``ds_config`` is the user's DeepSpeed config (offload, buckets, ...), merged by :func:`engine_config`;
+    ``zero_stage`` overrides its ``zero_optimization.stage`` (default: that stage, else 2).
 
     Raises:
-        ValueError: an unsupported config (see the module docstring), or a global batch smaller than the world.
+        ValueError: an unsupported config (see the module docstring), a ``ds_config`` key curate owns, or a global
+            batch smaller than the world.
         NonFiniteLossError: a global loss became NaN/inf.
     """
-    if zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"zero_stage must be 0..3, got {zero_stage}")
+    stage = zero_stage_of(ds_config, zero_stage)
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0..3, got {stage}")
     for bad, what in ((cfg.lisa, "lisa"), (cfg.lower_level != "full", "lower_level='lora'"),
                       (cfg.stages > 1 and cfg.tau != 1, "growing alpha (stages > 1)"),
                       (cfg.autocast_bf16, "autocast_bf16")):
@@ -126,10 +211,10 @@ def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cf
     k = len(sources)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        micro = math.ceil(cfg.batch_size / world)
-        clip_w = None if cfg.grad_clip is None else cfg.alpha * cfg.grad_clip
-        u = _engine(copy.deepcopy(model), cfg.lr_model, cfg.weight_decay, zero_stage, micro, world, cfg.grad_clip)
-        w = _engine(copy.deepcopy(model), cfg.lr_model, cfg.weight_decay, zero_stage, micro, world, clip_w)
+        u, w = (_engine(copy.deepcopy(model), cfg.lr_model, cfg.weight_decay,
+                        engine_config(ds_config, micro_batch=math.ceil(cfg.batch_size / world), world=world,
+                                      grad_clip=cfg.grad_clip, clip_scale=scale, zero_stage=stage))
+                for scale in (1.0, cfg.alpha))  # u clips at grad_clip, w at alpha * grad_clip
         logits = torch.zeros(k, dtype=torch.float32, requires_grad=True)
         opt_lambda = torch.optim.AdamW([logits], lr=cfg.lr_lambda, weight_decay=cfg.lambda_weight_decay)
         state = SolverState(u, w, logits, u.optimizer, w.optimizer, opt_lambda)

@@ -14,7 +14,14 @@ from curate.cli.progress import step_progress
 from curate.config import load_config
 from curate.errors import ConfigError
 from curate.ingest.readers import EXTENSIONS
-from curate.pipeline import METHODS, ReweightOutcome, method_config, settings_from
+from curate.pipeline import (
+    METHODS,
+    ReweightOutcome,
+    check_deepspeed_config,
+    method_config,
+    read_deepspeed_config,
+    settings_from,
+)
 from curate.pipeline import reweight as run_reweight
 from curate.runs import safe_out_dir
 
@@ -46,8 +53,13 @@ def reweight(
     launcher: Annotated[str, typer.Option(
         "--launcher", help="'none', or 'deepspeed': ScaleBiO with u and w as DeepSpeed ZeRO engines over --nproc "
                            "processes (torchrun; CPU uses gloo). Needs the deepspeed extra.")] = "none",
-    zero: Annotated[int, typer.Option("--zero", help="ZeRO stage with --launcher deepspeed: 2 or 3.")] = 2,
+    zero: Annotated[int | None, typer.Option(
+        "--zero", help="ZeRO stage with --launcher deepspeed: 2 or 3 (default: --deepspeed-config's "
+                       "zero_optimization.stage, else 2).")] = None,
     nproc: Annotated[int, typer.Option("--nproc", help="Processes with --launcher deepspeed.")] = 1,
+    deepspeed_config: Annotated[Path | None, typer.Option(
+        "--deepspeed-config", help="DeepSpeed config (JSON or YAML) with --launcher deepspeed, for offload and ZeRO "
+                                   "settings; curate sets batch sizes, clipping and the optimizer.")] = None,
     config: ConfigPath = None,
     db: Db = DEFAULT_DB,
     out_dir: Out = None,
@@ -74,7 +86,8 @@ def reweight(
         _check_memory(settings, method_cfg, max_memory, show=plan and not quiet)
         if plan:
             return
-    zero_stage = _check_launcher(launcher, zero, nproc, settings.method, resume, bool(files or target_file))
+    distributed = _check_launcher(launcher, settings.method, resume, bool(files or target_file))
+    zero_stage, ds_config = _deepspeed_settings(distributed, zero, nproc, deepspeed_config, method_cfg)
     if zero_stage is not None and "LOCAL_RANK" not in os.environ:  # the parent: start the ranks and wait
         raise typer.Exit(_launch(nproc, safe_out_dir(out_dir, settings.method)))
     if zero_stage is not None and os.environ.get("RANK", "0") != "0":
@@ -89,7 +102,7 @@ def reweight(
     total = getattr(method_cfg, "steps", None) or getattr(method_cfg, "proxy_steps", None)
     with step_progress(total, settings.method, quiet, json_logs) as on_step:
         outcome = run_reweight(db, settings, run_dir, on_step=on_step, resume=resume is not None,
-                               zero_stage=zero_stage)
+                               zero_stage=zero_stage, ds_config=ds_config)
     if not outcome.doc:  # a DeepSpeed rank other than 0: rank 0 reports
         return
     if not quiet:
@@ -99,28 +112,44 @@ def reweight(
     out.print(f"wrote {outcome.run_dir}")
 
 
-def _check_launcher(launcher: str, zero: int, nproc: int, method: str, resume: Path | None,
-                    ingest: bool) -> int | None:
-    """The ZeRO stage for ``--launcher deepspeed`` (None for ``none``), after checking the combination."""
+def _check_launcher(launcher: str, method: str, resume: Path | None, ingest: bool) -> bool:
+    """True for ``--launcher deepspeed`` (False for ``none``), after checking it suits the rest of the command."""
     if launcher not in ("none", "deepspeed"):
         raise ConfigError(f"--launcher: {launcher!r} is not one of none, deepspeed")
     if launcher == "none":
-        return None
-    if zero not in (2, 3):
-        raise ConfigError(f"--zero: {zero} is not 2 or 3")
-    if nproc < 1:
-        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+        return False
     if method != "scalebio":
         raise ConfigError(f"--launcher deepspeed: runs --method scalebio only, not {method}")
     if resume is not None:
         raise ConfigError("--launcher deepspeed: --resume is not supported (the engine writes no checkpoints)")
     if ingest:
         raise ConfigError("--launcher deepspeed: ingest the data files first (`curate ingest`), then reweight")
+    return True
+
+
+def _deepspeed_settings(deepspeed: bool, zero: int | None, nproc: int, path: Path | None,
+                        method_cfg: object) -> tuple[int | None, dict | None]:
+    """The ZeRO stage and the user's DeepSpeed config (None, None without the launcher).
+
+    The file is read before deepspeed is looked for (a bad path needs no extras) and checked against curate's
+    settings before any rank starts, so a bad file or flag costs one line and no processes.
+    """
+    if not deepspeed:
+        for flag, given in (("--zero", zero is not None), ("--deepspeed-config", path is not None),
+                            ("--nproc", nproc != 1)):
+            if given:
+                raise ConfigError(f"{flag}: needs --launcher deepspeed")
+        return None, None
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if zero is not None and zero not in (2, 3):
+        raise ConfigError(f"--zero: {zero} is not 2 or 3")
+    user = read_deepspeed_config(path) if path is not None else None
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("--launcher deepspeed: deepspeed is not installed; pip install 'curate[deepspeed]'")
-    return zero
+    return check_deepspeed_config(user, path, method_cfg, nproc, zero), user
 
 
 def _launch(nproc: int, run_dir: Path) -> int:

@@ -1,5 +1,7 @@
 """Driver for test_scalebio_distributed.py: one ScaleBiO run, single-process (``fit``) or on every rank of a
-torchrun job (``fit_distributed``); rank 0 writes the result as JSON. Usage: ds_worker.py OUT.json [ZERO|ref]."""
+torchrun job (``fit_distributed``); rank 0 writes the result as JSON.
+
+Usage: ds_worker.py OUT.json ZERO|file|ref [DS_CONFIG.json]; ``file`` takes the ZeRO stage from DS_CONFIG."""
 
 from __future__ import annotations
 
@@ -50,7 +52,10 @@ def main() -> None:
     else:
         from solvers.distributed import fit_distributed, is_writer, shutdown
 
-        doc = result_doc(fit_distributed(model, *make_samplers(train, val, CONFIG), CONFIG, zero_stage=int(mode)))
+        ds_config = json.loads(open(sys.argv[3]).read()) if len(sys.argv) > 3 else None
+        stage = None if mode == "file" else int(mode)
+        doc = result_doc(fit_distributed(model, *make_samplers(train, val, CONFIG), CONFIG, zero_stage=stage,
+                                         ds_config=ds_config))
         writer = is_writer()
         shutdown()
         if not writer:
