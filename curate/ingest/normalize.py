@@ -65,16 +65,20 @@ FLAT_FIELDS = {  # flat schemas: the fields read in one json_extract per row; so
 
 
 def _flat_sql(schema: str) -> tuple[list[str], str, str, str]:
-    """(paths, prompt expr, response expr, reason WHEN-clauses) over ``jv`` (raw JSON) and ``sv`` (strings)."""
+    """(paths, prompt expr, response expr, reason WHEN-clauses) over ``tv`` (JSON types) and ``sv`` (strings).
+
+    ``tv[1]`` is the type of the whole record and ``tv[k + 1]`` that of ``paths[k]``, so a field is present
+    when its type is neither missing (NULL) nor JSON ``null``, and a string when its type is VARCHAR.
+    """
     names = FLAT_FIELDS[schema]
     paths = [f'$."{n}"' for n in (*names, "source")]
     i = {n: k + 1 for k, n in enumerate(names)}
 
     def present(n: str) -> str:
-        return f"(jv[{i[n]}] IS NOT NULL AND jv[{i[n]}] <> 'null')"
+        return f"(tv[{i[n] + 1}] IS NOT NULL AND tv[{i[n] + 1}] <> 'NULL')"
 
     def bad_type(n: str) -> str:
-        return f"WHEN {present(n)} AND NOT starts_with(jv[{i[n]}], '\"') THEN 'field {n} is not a string' "
+        return f"WHEN {present(n)} AND tv[{i[n] + 1}] <> 'VARCHAR' THEN 'field {n} is not a string' "
 
     def required(n: str) -> str:
         return f"WHEN NOT {present(n)} THEN 'missing field {n}' " + bad_type(n)
@@ -114,39 +118,45 @@ def _chat_sql(key: str, role: str, content: str) -> tuple[str, str, str, str]:
 def normalized_select(schema: str, max_chars: int, default_source: str, split: str) -> tuple[str, list]:
     """SQL selecting normalised rows with a ``reason`` (NULL when kept) from the raw table ``raw``.
 
-    Each line is parsed once for its fields (``json_extract`` with a list of paths); type checks look at the raw
-    JSON text of each field, so the whole file is one vectorised pass. Returns the query and its parameters.
+    Each line is parsed twice, each time for all its fields at once: ``json_type`` with a list of paths (the
+    record's type and every field's, NULL for a line that is not JSON) and ``json_extract_string``. The whole
+    file is one vectorised pass. Returns the query and its parameters.
     """
     if schema in FLAT_FIELDS:
         paths, prompt, response, reason = _flat_sql(schema)
         plist = "[" + ", ".join(f"'{p}'" for p in paths) + "]"
-        extract = f"json_extract(line, {plist}) AS jv, json_extract_string(line, {plist}) AS sv, NULL AS turns"
-        src_raw, src_val = f"jv[{len(paths)}]", f"sv[{len(paths)}]"
+        extract = f"json_extract_string(line, {plist}) AS sv, NULL AS turns"
+        src_type, src_val = f"tv[{len(paths) + 1}]", f"sv[{len(paths)}]"
         messages = "NULL"  # derived on read (see curate.db)
         hashed = "prompt || chr(31) || response"
     elif schema in ("sharegpt", "messages"):
         key, role, content = ("conversations", "from", "value") if schema == "sharegpt" else (
             "messages", "role", "content")
         turns, prompt, response, reason = _chat_sql(key, role, content)
-        extract = (f"json_extract(line, '$.source') AS src_j, json_extract_string(line, '$.source') AS src_s, "
-                   f"NULL AS jv, NULL AS sv, {turns} AS turns")
-        src_raw, src_val = "src_j", "src_s"
+        paths = ["$.source"]
+        extract = f"json_extract_string(line, '$.source') AS src_s, NULL AS sv, {turns} AS turns"
+        src_type, src_val = "tv[2]", "src_s"
         messages = f"to_json(list_transform(turns, lambda x: {{'role': {ROLE_MAP}, 'content': x.content}}))::VARCHAR"
         hashed = "chat_messages"
     else:
         raise DataError(f"unknown --schema {schema!r}; use auto or one of: {', '.join(SCHEMAS)}")
+    # One parse gives the record's type and every field's type (NULL when the line is not JSON); a second one
+    # extracts the strings. Nothing else parses the whole line.
+    types = "[" + ", ".join(f"'{p}'" for p in ("$", *paths)) + "]"
     query = f"""
-    WITH valid AS (
+    WITH typed AS (
         SELECT origin_row, line AS raw_line, pre_reason,
-               CASE WHEN pre_reason IS NULL AND json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END AS ok
+               CASE WHEN pre_reason IS NULL THEN try(json_type(line, {types})) END AS tv
         FROM raw
+    ), valid AS (
+        SELECT *, coalesce(tv[1] = 'OBJECT', false) AS ok FROM typed
     ), parsed AS (
         -- JSON functions only ever see well-formed objects, whatever order DuckDB evaluates CASE arms in.
-        SELECT origin_row, raw_line, pre_reason, ok, CASE WHEN ok THEN raw_line ELSE '{{}}' END AS line FROM valid
+        SELECT origin_row, raw_line, pre_reason, ok, tv, CASE WHEN ok THEN raw_line ELSE '{{}}' END AS line FROM valid
     ), fields AS (
         SELECT *, {extract} FROM parsed
     ), base AS (
-        SELECT *, {prompt} AS prompt, {response} AS response, ({src_raw}) AS src_raw,
+        SELECT *, {prompt} AS prompt, {response} AS response, ({src_type}) AS src_type,
                coalesce({src_val}, ?) AS source0
         FROM fields
     ), checked AS (
@@ -154,9 +164,8 @@ def normalized_select(schema: str, max_chars: int, default_source: str, split: s
             WHEN pre_reason IS NOT NULL THEN pre_reason
             WHEN NOT ok THEN 'malformed JSON'
             {reason}
-            WHEN src_raw IS NOT NULL AND src_raw <> 'null' AND NOT starts_with(src_raw, '"')
-                THEN 'field source is not a string'
-            WHEN src_raw IS NOT NULL AND NOT regexp_full_match(source0, '{SOURCE_NAME_RE}') THEN 'invalid source name'
+            WHEN src_type IS NOT NULL AND src_type NOT IN ('NULL', 'VARCHAR') THEN 'field source is not a string'
+            WHEN src_type = 'VARCHAR' AND NOT regexp_full_match(source0, '{SOURCE_NAME_RE}') THEN 'invalid source name'
             WHEN trim(coalesce(response, '')) = '' THEN 'empty response'
             WHEN length(prompt) + length(response) > {int(max_chars)} THEN 'row over --max-chars'
             ELSE NULL END AS reason
