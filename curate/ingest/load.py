@@ -124,14 +124,14 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: 
            SELECT origin_row FROM norm WHERE reason IS NULL AND origin_row NOT IN (
                SELECT min(origin_row) FROM norm WHERE reason IS NULL GROUP BY source, split, content_hash)
            UNION
-           SELECT n.origin_row FROM norm n JOIN (SELECT DISTINCT source, split, content_hash FROM examples) e
+           SELECT n.origin_row FROM norm n JOIN (SELECT DISTINCT source, split, content_hash FROM example_rows) e
              ON n.reason IS NULL AND e.source = n.source AND e.split = n.split AND e.content_hash = n.content_hash"""
     )
     con.execute("ALTER TABLE norm ADD COLUMN duplicate BOOLEAN DEFAULT false")
     con.execute("UPDATE norm SET duplicate = true WHERE origin_row IN (SELECT origin_row FROM dup)")
     con.execute(
-        """INSERT INTO examples (source, split, prompt, response, chat_messages, content_hash, n_chars, origin,
-                                 origin_row)
+        """INSERT INTO example_rows (source, split, prompt, response, chat_messages, content_hash, n_chars, origin,
+                                     origin_row)
            SELECT source, split, prompt, response, chat_messages, content_hash, n_chars, ?, origin_row
            FROM norm WHERE reason IS NULL AND NOT duplicate""",
         [origin],

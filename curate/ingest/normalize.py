@@ -14,6 +14,7 @@ from collections import Counter
 import duckdb
 
 from curate.errors import DataError
+from curate.ingest.readers import blank
 
 SCHEMAS = ("alpaca", "sharegpt", "messages", "prompt_response", "text")
 SOURCE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -166,7 +167,7 @@ def normalized_select(schema: str, max_chars: int, default_source: str, split: s
             {reason}
             WHEN src_type IS NOT NULL AND src_type NOT IN ('NULL', 'VARCHAR') THEN 'field source is not a string'
             WHEN src_type = 'VARCHAR' AND NOT regexp_full_match(source0, '{SOURCE_NAME_RE}') THEN 'invalid source name'
-            WHEN trim(coalesce(response, '')) = '' THEN 'empty response'
+            WHEN {blank('response')} THEN 'empty response'
             WHEN length(prompt) + length(response) > {int(max_chars)} THEN 'row over --max-chars'
             ELSE NULL END AS reason
         FROM base
