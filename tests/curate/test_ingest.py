@@ -48,13 +48,16 @@ def test_rejects_have_reasons_and_accounting_holds(tmp_path):
         {"output": "no instruction"},
         {"instruction": "long", "output": "x" * 500},
         {"instruction": "ok", "input": "ctx", "output": "fine"},
+        {"instruction": "q", "output": "\n\t "},
+        {"instruction": "q2", "output": " kept despite the leading space"},
+        "   ",  # a blank line is not a row
     ])
     (r,) = _ingest(tmp_path / "c.duckdb", [f], max_chars=100)
-    assert (r.rows_read, r.kept, r.duplicates, r.rejected) == (8, 2, 1, 5)
+    assert (r.rows_read, r.kept, r.duplicates, r.rejected) == (10, 3, 1, 6)
     assert r.rows_read == r.kept + r.duplicates + r.rejected
     reasons = dict(_rows(tmp_path / "c.duckdb", "SELECT origin_row, reason FROM rejects"))
     assert reasons == {3: "malformed JSON", 4: "field output is not a string", 5: "empty response",
-                       6: "missing field instruction", 7: "row over --max-chars"}
+                       6: "missing field instruction", 7: "row over --max-chars", 9: "empty response"}
     assert _rows(tmp_path / "c.duckdb", "SELECT prompt FROM examples WHERE origin_row = 8") == [("ok\n\nctx",)]
 
 
