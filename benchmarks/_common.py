@@ -38,8 +38,31 @@ class FineTune:
 
 
 def new_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The benchmark's Llama-style model, from the script's size flags."""
+    """The benchmark's model: a local Hugging Face folder when ``args.model`` is set (fp32, eager attention, as
+    ScaleBiO runs it on CPU), else a Llama-style model from the script's size flags."""
+    if getattr(args, "model", None):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager")
     return tiny_llama(args.vocab, hidden=args.hidden, layers=args.layers, heads=4, max_len=args.seq)
+
+
+def describe_model(args: argparse.Namespace, model: torch.nn.Module) -> str:
+    """One line naming the model the numbers belong to."""
+    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if getattr(args, "model", None):
+        c = model.config
+        return (f"model: {args.model} ({c.model_type}, {c.num_hidden_layers} layers x {c.hidden_size} hidden, "
+                f"vocab {c.vocab_size}): {n / 1e6:.1f}M params")
+    return f"model: Llama {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}: {n / 1e6:.2f}M params"
+
+
+def use_model_vocab(args: argparse.Namespace) -> None:
+    """With ``--model``, random batches must draw token ids from that model's vocabulary."""
+    if getattr(args, "model", None):
+        from transformers import AutoConfig
+
+        args.vocab = AutoConfig.from_pretrained(args.model).vocab_size
 
 
 def proc_status_bytes(field: str) -> int:

@@ -1,6 +1,8 @@
 """Peak memory of ScaleBiO (full, LISA, LoRA shared base) against plain full-parameter AdamW fine-tuning.
 
 Run:  .venv/bin/python benchmarks/bench_memory.py            (defaults: ~10M-param Llama, batch 8 x 128, CPU)
+      .venv/bin/python scripts/prepare_smollm2.py models/smollm2-135m
+      .venv/bin/python benchmarks/bench_memory.py --model models/smollm2-135m --steps 4   (SmolLM2-135M, ~6 min)
       .venv/bin/python benchmarks/bench_memory.py --help
 
 Each variant runs ``--steps`` steps in a fresh subprocess (so no variant inherits another's heap) and reports:
@@ -12,7 +14,8 @@ Each variant runs ``--steps`` steps in a fresh subprocess (so no variant inherit
    (:func:`solvers.memory.breakdown`). Activations are transient; they are the rest of "above floor".
 LISA redraws every ``--lisa-period`` steps, so over the default 12 steps it sees six draws: ``scalebio_lisa``
 releases the AdamW moments of blocks it freezes (the default), ``scalebio_lisa_keep`` keeps them (the authors'
-behaviour) and shows the state that builds up. Not a test; RSS varies a little with the allocator.
+behaviour) and shows the state that builds up. ``scalebio_ckpt`` is full ScaleBiO with gradient checkpointing, which
+changes activations only (the "above floor" column). Not a test; RSS varies a little with the allocator.
 """
 
 from __future__ import annotations
@@ -26,17 +29,19 @@ from typing import Any
 
 import torch
 from _common import FineTune as _FineTune
-from _common import make_batch, new_model, proc_status_bytes
+from _common import describe_model, make_batch, new_model, proc_status_bytes, use_model_vocab
 
 from solvers.memory import MemoryBreakdown, breakdown
 from solvers.scalebio.lisa import Lisa
+from solvers.scalebio.loop import enable_checkpointing
 from solvers.scalebio.step import init_state, scalebio_step
 
-VARIANTS = ("finetune", "scalebio", "scalebio_lisa", "scalebio_lisa_keep", "scalebio_lora")
+VARIANTS = ("finetune", "scalebio", "scalebio_ckpt", "scalebio_lisa", "scalebio_lisa_keep", "scalebio_lora")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="", help="a local Hugging Face causal LM folder instead of the Llama below")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)
@@ -51,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     ap.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    use_model_vocab(args)
+    return args
 
 
 class FineTune(_FineTune):
@@ -72,6 +79,8 @@ class ScaleBiO:
             lora = LoraSpec(r=args.lora_r)
         self.caller = caller
         self.state = init_state(caller, args.sources, 1e-4, 1e-2, 5e-4, 0.01, lora=lora)
+        if variant == "scalebio_ckpt":
+            enable_checkpointing(self.state.u, self.state.w)
         self.n_sources, self.t = args.sources, 0
         self.lisa = None
         if variant.startswith("scalebio_lisa"):
@@ -106,8 +115,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
-    keys = ("vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "lisa_period", "lora_r", "steps",
-            "threads")
+    keys = ("model", "vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "lisa_period", "lora_r",
+            "steps", "threads")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant] + [
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -117,13 +126,11 @@ def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
-    n_params = sum(p.numel() for p in new_model(args).parameters())
     mib = 2**20
     base = results.get("finetune", {})
     lines = [
-        f"model: Llama {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}: {n_params / 1e6:.2f}M params; "
-        f"batch {args.batch} x {args.seq}; {args.steps} steps; LISA gamma={args.lisa_layers} period "
-        f"{args.lisa_period}; LoRA r={args.lora_r}; {args.threads} threads",
+        f"{describe_model(args, new_model(args))}; batch {args.batch} x {args.seq}; {args.steps} steps; "
+        f"LISA gamma={args.lisa_layers} period {args.lisa_period}; LoRA r={args.lora_r}; {args.threads} threads",
         "",
         f"{'variant':<20}{'params':>8}{'grads':>8}{'optim':>8}{'tensors':>9}{'x ft':>7}"
         f"{'peak RSS':>10}{'above floor':>13}{'x ft':>7}   (MiB)",

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ class ReweightSettings:
     per_method: dict = field(default_factory=dict)
     save_model: bool = False
     """ScaleBiO: also save the final w model (fits the target, near-optimal on the weighted pool) to RUN/model."""
+    device: str = "auto"
+    """Where ScaleBiO trains: ``auto`` (the first GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``. On a GPU the model passes run under bf16 autocast unless ``autocast_bf16=false`` is set; λ, p and
+    the weighted sums stay fp32. The other methods train on the CPU."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -57,6 +62,28 @@ class ReweightSettings:
             raise ValueError("max_len must be >= 8")
         if self.template not in ("auto", "alpaca", "plain"):
             raise ValueError(f"template: {self.template!r} is not one of auto, alpaca, plain")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``; an explicit GPU must exist."""
+    if device == "cpu":
+        return device
+    try:
+        import torch
+    except ImportError:
+        if device == "auto":
+            return "cpu"
+        raise ConfigError(f"device={device}: torch is not installed; pip install 'curate[train]'") from None
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={device}: torch sees no GPU here; use device=cpu (or install a CUDA build of torch)")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device}: only {torch.cuda.device_count()} GPU(s) visible; use cuda:0")
+    return device
 
 
 def method_config(settings: ReweightSettings) -> Any:
@@ -71,6 +98,11 @@ def method_config(settings: ReweightSettings) -> Any:
         values[key] = settings.steps
     if "seed" in names:
         values.setdefault("seed", settings.seed)
+    # bf16 model passes on a GPU unless the user says otherwise; DeepSpeed ranks take bf16 from the DeepSpeed
+    # config instead (its engine owns the precision).
+    if (settings.method == "scalebio" and settings.device != "cpu" and "LOCAL_RANK" not in os.environ
+            and resolve_device(settings.device) != "cpu"):
+        values.setdefault("autocast_bf16", True)
     return build(cls, values, where=settings.method)
 
 
@@ -185,6 +217,7 @@ def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], po
     if settings.method == "scalebio" and distributed is not None:
         return _run_scalebio_distributed(model, train, tgt, cfg, on_step, *distributed)
     if settings.method == "scalebio":
+        model = model.to(resolve_device(settings.device))
         out = _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
         final = out.pop("model")
         if settings.save_model and hasattr(final, "save_pretrained"):
@@ -336,15 +369,18 @@ def memory_plan(settings: ReweightSettings, cfg: Any, max_memory_gb: float | Non
         raise ConfigError(f"--plan: memory plans are for --method scalebio, not {settings.method}")
     shape = _model_shape(settings)
     chosen = "lora" if cfg.lower_level == "lora" else "lisa" if cfg.lisa else "full"
-    kw = {"val_batch": cfg.val_batch_size, "lisa_layers": cfg.lisa_layers, "lora_r": cfg.lora_r}
+    kw = {"val_batch": cfg.val_batch_size, "lisa_layers": cfg.lisa_layers, "lora_r": cfg.lora_r,
+          "checkpointing": cfg.gradient_checkpointing}
     lines = plan_lines(shape, cfg.batch_size, settings.max_len, chosen=chosen, **kw)
-    budget = int(max_memory_gb * 2**30) if max_memory_gb is not None else available_memory("cpu")
-    source = "--max-memory" if max_memory_gb is not None else "available RAM"
+    device = resolve_device(settings.device)
+    budget = int(max_memory_gb * 2**30) if max_memory_gb is not None else available_memory(device)
+    source = "--max-memory" if max_memory_gb is not None else (
+        "available RAM" if device == "cpu" else f"free memory on {device}")
     lines.append(f"memory budget: {human(budget)} ({source})")
     need = estimate(shape, chosen, cfg.batch_size, settings.max_len, **kw).total
     if need <= budget:
         return lines, None
-    alt = fitting_alternative(shape, chosen, cfg.batch_size, settings.max_len, budget, **kw)
+    alt = fitting_alternative(shape, chosen, cfg.batch_size, settings.max_len, budget, gpu=device != "cpu", **kw)
     hint = f"set {alt}" if alt else "no single change fits; use a smaller model or more memory"
     return lines, (f"--plan: this run needs about {human(need)} but {source} is {human(budget)}; {hint}")
 

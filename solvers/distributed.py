@@ -42,7 +42,15 @@ from torch import nn
 from solvers.lm import IGNORE, token_losses
 from solvers.scalebio import schedule
 from solvers.scalebio.config import ScaleBiOConfig
-from solvers.scalebio.loop import BatchSampler, ScaleBiOResult, _check_inputs, _result, _row, _Run
+from solvers.scalebio.loop import (
+    BatchSampler,
+    ScaleBiOResult,
+    _check_inputs,
+    _result,
+    _row,
+    _Run,
+    enable_checkpointing,
+)
 from solvers.scalebio.simplex import weights
 from solvers.scalebio.step import NonFiniteLossError, SolverState
 
@@ -164,6 +172,14 @@ def _engine(model: nn.Module, lr: float, weight_decay: float, config: dict[str, 
     return engine
 
 
+def _copy(model: nn.Module, checkpointing: bool) -> nn.Module:
+    """An independent copy of the base model for u or w, with gradient checkpointing when asked for."""
+    copied = copy.deepcopy(model)
+    if checkpointing:
+        enable_checkpointing(copied)
+    return copied
+
+
 def _set_lr(engine: Any, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
@@ -211,7 +227,7 @@ def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cf
     k = len(sources)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        u, w = (_engine(copy.deepcopy(model), cfg.lr_model, cfg.weight_decay,
+        u, w = (_engine(_copy(model, cfg.gradient_checkpointing), cfg.lr_model, cfg.weight_decay,
                         engine_config(ds_config, micro_batch=math.ceil(cfg.batch_size / world), world=world,
                                       grad_clip=cfg.grad_clip, clip_scale=scale, zero_stage=stage))
                 for scale in (1.0, cfg.alpha))  # u clips at grad_clip, w at alpha * grad_clip

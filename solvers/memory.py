@@ -125,7 +125,7 @@ class ModelShape:
         per_block = r * ((h + h) * 2 + (h + kv) * 2 + (h + i) * (2 if self.gated else 1) + (i + h))
         return self.layers * per_block
 
-    def activation_bytes(self, batch: int, seq: int) -> int:
+    def activation_bytes(self, batch: int, seq: int, checkpointing: bool = False) -> int:
         """Tensors one forward saves for its backward, batch × seq tokens (eager attention, no checkpointing):
         per block the norms' and rotary embedding's intermediates, q/k/v, the attention scores and probabilities
         and the MLP's hidden states, plus the fp32 logits, their log-softmax and gradient. A rough estimate: on
@@ -134,7 +134,10 @@ class ModelShape:
         h, i, tokens = self.hidden, self.intermediate, batch * seq
         per_layer = tokens * (16 * h + 5 * self.kv_dim + (5 if self.gated else 3) * i) * self.dtype_bytes
         per_layer += 3 * batch * self.heads * seq * seq * self.dtype_bytes
-        return self.layers * per_layer + 3 * tokens * self.vocab * 4
+        logits = 3 * tokens * self.vocab * 4
+        if checkpointing:  # each block's input is kept; one block's internals exist at a time, in its recompute
+            return self.layers * tokens * h * self.dtype_bytes + per_layer + logits
+        return self.layers * per_layer + logits
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,8 @@ class Estimate:
 
 
 def estimate(shape: ModelShape, variant: str, batch: int, seq: int, *, val_batch: int | None = None,
-             lisa_layers: int = 2, lora_r: int = 8, shards: int = 1) -> Estimate:
+             lisa_layers: int = 2, lora_r: int = 8, shards: int = 1, checkpointing: bool = False,
+             offload: bool = False) -> Estimate:
     """Peak memory of one training variant on one device.
 
     ``variant``: ``"finetune"`` (plain AdamW, one model), ``"full"`` (ScaleBiO, u and w full copies), ``"lisa"``
@@ -161,10 +165,12 @@ def estimate(shape: ModelShape, variant: str, batch: int, seq: int, *, val_batch
     (u and w adapters of rank ``lora_r`` over one base). ScaleBiO variants also count the caller's model, which
     ``fit`` keeps alive, and one pass's activations at a time (its passes run one after another). AdamW holds two
     moments per trained parameter, in the parameter's dtype. ``shards > 1`` divides parameters, gradients and
-    optimizer state over that many devices (ZeRO-3); activations are per device.
+    optimizer state over that many devices (ZeRO-3); activations are per device. ``checkpointing``: gradient
+    checkpointing (see :meth:`ModelShape.activation_bytes`). ``offload``: DeepSpeed ZeRO keeps the optimizer state
+    in host memory, so it leaves the device's total.
     """
     b, p = shape.dtype_bytes, shape.params
-    acts = shape.activation_bytes(max(batch, val_batch or batch), seq)
+    acts = shape.activation_bytes(max(batch, val_batch or batch), seq, checkpointing)
     if variant == "finetune":
         held, trained = p, p
     elif variant == "full":
@@ -176,7 +182,8 @@ def estimate(shape: ModelShape, variant: str, batch: int, seq: int, *, val_batch
         held, trained = 2 * p + adapters, adapters
     else:
         raise ValueError(f"variant must be finetune, full, lisa or lora, got {variant!r}")
-    return Estimate(variant, held * b // shards, trained * b // shards, 2 * trained * b // shards, acts)
+    optimizer = 0 if offload else 2 * trained * b // shards
+    return Estimate(variant, held * b // shards, trained * b // shards, optimizer, acts)
 
 
 def available_memory(device: str = "cpu") -> int:
@@ -204,13 +211,14 @@ def human(n: int) -> str:
 
 
 def plan_lines(shape: ModelShape, batch: int, seq: int, *, val_batch: int | None, lisa_layers: int, lora_r: int,
-               chosen: str) -> list[str]:
+               chosen: str, checkpointing: bool = False) -> list[str]:
     """One line per variant for ``--plan``: the breakdown and total, the chosen one marked."""
     lines = [f"model: {shape.params / 1e6:.1f}M params ({shape.layers} blocks x {shape.block_params / 1e6:.2f}M, "
              f"{shape.outer_params / 1e6:.1f}M outside), {shape.dtype_bytes}-byte weights; micro batch {batch} x "
-             f"{seq} tokens"]
+             f"{seq} tokens" + ("; gradient checkpointing" if checkpointing else "")]
     for variant in ("finetune", "full", "lisa", "lora"):
-        e = estimate(shape, variant, batch, seq, val_batch=val_batch, lisa_layers=lisa_layers, lora_r=lora_r)
+        e = estimate(shape, variant, batch, seq, val_batch=val_batch, lisa_layers=lisa_layers, lora_r=lora_r,
+                     checkpointing=checkpointing)
         label = {"finetune": "fine-tune (reference)", "full": "ScaleBiO full", "lisa": f"ScaleBiO LISA({lisa_layers})",
                  "lora": f"ScaleBiO LoRA(r={lora_r})"}[variant]
         mark = "  <- this run" if variant == chosen else ""
@@ -220,36 +228,49 @@ def plan_lines(shape: ModelShape, batch: int, seq: int, *, val_batch: int | None
 
 
 def fitting_alternative(shape: ModelShape, chosen: str, batch: int, seq: int, budget: int, *,
-                        val_batch: int | None, lisa_layers: int, lora_r: int) -> str | None:
+                        val_batch: int | None, lisa_layers: int, lora_r: int, checkpointing: bool = False,
+                        gpu: bool = False) -> str | None:
     """The first change that brings a run under ``budget`` bytes, as the options to set; None if none does.
 
-    Tried in order: a smaller micro batch with the same variant; LISA, LoRA, then ZeRO-3 over 2, 4 or 8 devices
-    at the same micro batch; then each of those with a smaller micro batch.
+    Tried in order, each first at the same micro batch and then with smaller ones: gradient checkpointing; LISA;
+    LoRA; on a GPU, ZeRO with the optimizer state offloaded to host memory (one device suffices); ZeRO-3 over
+    2, 4 or 8 devices. A smaller micro batch alone comes first of all.
     """
-    def fits(variant: str, b: int, shards: int = 1) -> bool:
+    def fits(option: tuple[str, int, bool, bool], b: int) -> bool:
+        variant, shards, ckpt, offload = option
         vb = None if val_batch is None else max(1, min(val_batch, b))
         return estimate(shape, variant, b, seq, val_batch=vb, lisa_layers=lisa_layers, lora_r=lora_r,
-                        shards=shards).total <= budget
+                        shards=shards, checkpointing=ckpt, offload=offload).total <= budget
 
-    def describe(variant: str, shards: int) -> str:
+    def describe(option: tuple[str, int, bool, bool]) -> str:
+        variant, shards, ckpt, offload = option
+        if offload:
+            return ("--launcher deepspeed --deepspeed-config with zero_optimization.offload_optimizer.device: cpu "
+                    "(optimizer state in host memory)")
         if shards > 1:
-            return f"ZeRO-3 sharding over {shards} devices (DeepSpeed; not wired into curate reweight yet)"
-        return {"lisa": f"lisa=true lisa_layers={lisa_layers} (LISA)",
-                "lora": f"--lower-level lora lora_r={lora_r} (LoRA shared base)"}.get(variant, "")
+            return f"--launcher deepspeed --zero 3 --nproc {shards} (ZeRO-3 sharding over {shards} devices)"
+        if variant != chosen:
+            return {"lisa": f"lisa=true lisa_layers={lisa_layers} (LISA)",
+                    "lora": f"--lower-level lora lora_r={lora_r} (LoRA shared base)"}[variant]
+        return "gradient_checkpointing=true"
 
     smaller = []
     b = batch
     while b > 1:
         b //= 2
         smaller.append(b)
+    same = (chosen, 1, checkpointing, False)
     for b in smaller:
-        if fits(chosen, b):
+        if fits(same, b):
             return f"batch_size={b} val_batch_size={b} (smaller micro batch)"
-    others = [(v, 1) for v in ("lisa", "lora") if v != chosen and not (chosen == "lora" and v == "lisa")]
-    others += [(chosen, n) for n in (2, 4, 8)]
+    others = [] if checkpointing else [(chosen, 1, True, False)]
+    others += [(v, 1, checkpointing, False) for v in ("lisa", "lora")
+               if v != chosen and not (chosen == "lora" and v == "lisa")]
+    others += [(chosen, 1, checkpointing, True)] if gpu else []  # one GPU suffices, unlike sharding
+    others += [(chosen, n, checkpointing, False) for n in (2, 4, 8)]
     for b in [batch, *smaller]:
-        for variant, shards in others:
-            if fits(variant, b, shards):
+        for option in others:
+            if fits(option, b):
                 micro = "" if b == batch else f" with batch_size={b} val_batch_size={b}"
-                return describe(variant, shards) + micro
+                return describe(option) + micro
     return None

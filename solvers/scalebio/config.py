@@ -151,6 +151,13 @@ class ScaleBiOConfig:
     """Run the model passes under ``torch.autocast("cuda", bfloat16)``; CUDA only. λ, p and the weighted sums
     stay fp32 in every case."""
 
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass instead of keeping them (Hugging Face
+    ``gradient_checkpointing_enable``, non-reentrant) on u and w: activation memory drops to about one block's
+    worth per pass, for roughly one extra forward pass of compute. It applies to the training passes; the
+    target pass runs in eval mode by default (``eval_mode``), where transformers does not checkpoint. Needs a
+    Hugging Face model."""
+
     average_from: float = 0.5
     """The averaged weights are the mean of p over steps ``t >= average_from · steps`` (default: the second
     half)."""

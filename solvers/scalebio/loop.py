@@ -158,6 +158,8 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
         raise ValueError("resume=True needs checkpoint_dir")
     state = init_state(model, len(sources), cfg.lr_model, cfg.lr_lambda, cfg.weight_decay,
                        cfg.lambda_weight_decay, lora=_lora_spec(cfg))
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(state.u, state.w)
     lisa = (Lisa([state.u, state.w], cfg.lisa_layers, cfg.lisa_period, cfg.seed, cfg.lisa_release_state)
             if cfg.lisa else None)
     run = _Run(state, lisa, train, val, sources, cfg)
@@ -331,7 +333,11 @@ def _check_inputs(train: BatchSampler, val: BatchSampler, cfg: ScaleBiOConfig, s
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Move a batch to the models' device; to a GPU from pinned memory, so the copy overlaps compute."""
+    if device.type != "cuda":
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
 
 
 @contextlib.contextmanager
@@ -354,3 +360,26 @@ def _deferred_sigint() -> Iterator[Callable[[], bool]]:
         yield lambda: bool(hits)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def enable_checkpointing(*models: nn.Module) -> None:
+    """Turn on non-reentrant gradient checkpointing in Hugging Face models, or in the base under LoRA adapters.
+
+    Raises:
+        ValueError: a model that is not a Hugging Face model.
+    """
+    for m in models:
+        hf = hf_model(m)
+        if hf is None:
+            raise ValueError(f"gradient_checkpointing needs a Hugging Face model, got {type(m).__name__}")
+        if hasattr(hf, "activation_checkpointing_enable"):  # the newer name; the old one warns
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def hf_model(model: nn.Module) -> Any:
+    """The Hugging Face model doing the work: ``model`` itself, or the base under a peft model or adapter view."""
+    m: Any = getattr(model, "shared", model)  # AdapterView -> the shared peft model
+    m = m.get_base_model() if hasattr(m, "get_base_model") else m
+    return m if hasattr(m, "gradient_checkpointing_enable") else None

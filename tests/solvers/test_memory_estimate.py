@@ -53,12 +53,32 @@ def test_fitting_alternative_names_the_cheapest_change():
     lisa = fitting_alternative(SMOL, "full", 8, 16, total("lisa", 8, seq=16), **kw)
     assert total("full", 1, seq=16) > total("lisa", 8, seq=16)
     assert lisa.startswith("lisa=true") and "batch_size" not in lisa
-    assert fitting_alternative(SMOL, "full", 8, 512, total("lisa", 2), **kw).endswith("batch_size=2")
+    # long sequences: activations decide, and recomputing them is the first change that fits
+    ckpt = fitting_alternative(SMOL, "full", 8, 512, total("lisa", 2), **kw)
+    assert ckpt == "gradient_checkpointing=true with batch_size=4 val_batch_size=4"
+    assert estimate(SMOL, "full", 4, 512, checkpointing=True).total <= total("lisa", 2) < total("full", 1)
+    already = fitting_alternative(SMOL, "full", 8, 512, total("lisa", 2), checkpointing=True, **kw)
+    assert already is None or not already.startswith("gradient_checkpointing")
     lora = fitting_alternative(SMOL, "full", 8, 16, total("lora", 8, seq=16), **kw)
     assert lora.startswith("--lower-level lora")
     zero = fitting_alternative(SMOL, "lora", 1, 16, total("lora", 1, shards=2, seq=16) + 1, **kw)
     assert "ZeRO-3" in zero and "2 devices" in zero
     assert fitting_alternative(SMOL, "full", 8, 512, 10, **kw) is None
+    # offloading the optimizer state to host memory is offered on a GPU only
+    budget = estimate(SMOL, "lora", 1, 16, offload=True, checkpointing=True).total
+    on_cpu = fitting_alternative(SMOL, "lora", 1, 16, budget, checkpointing=True, **kw)
+    assert on_cpu.startswith("--launcher deepspeed --zero 3 --nproc 2")
+    on_gpu = fitting_alternative(SMOL, "lora", 1, 16, budget, checkpointing=True, gpu=True, **kw)
+    assert "offload_optimizer" in on_gpu
+
+
+def test_checkpointing_keeps_block_inputs_only():
+    plain, ckpt = SMOL.activation_bytes(8, 512), SMOL.activation_bytes(8, 512, checkpointing=True)
+    logits = 3 * 8 * 512 * SMOL.vocab * 4
+    assert ckpt < plain
+    # blocks' inputs plus one block's internals: (plain - logits) / layers is one block's internals
+    per_block = (plain - logits) // SMOL.layers
+    assert ckpt == SMOL.layers * 8 * 512 * SMOL.hidden * SMOL.dtype_bytes + per_block + logits
 
 
 def test_plan_lines_mark_the_chosen_variant():

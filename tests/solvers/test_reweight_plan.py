@@ -51,3 +51,17 @@ def test_launcher_flags_are_checked_before_any_work(tmp_path, monkeypatch):
         res = runner.invoke(app, ["reweight", "--db", str(tmp_path / "none.duckdb"), *args])
         assert res.exit_code == 2 and message in res.output, (args, res.output)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gpu_device_without_a_gpu_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = plan(tmp_path, "device=cuda")
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1].startswith("error: device=cuda: torch sees no GPU here")
+    res = plan(tmp_path, "device=tpu")
+    assert res.exit_code == 2 and "device" in res.output.strip().splitlines()[-1], res.output
+    res = plan(tmp_path, "device=auto", "--max-memory", "64")  # auto falls back to the CPU
+    assert res.exit_code == 0 and "memory budget: 64.00 GiB" in res.output, res.output
