@@ -66,11 +66,15 @@ def load_model(spec: str, texts: list[str], *, seed: int, max_len: int, tiny: Ti
 
 
 def quiet_hf() -> None:
-    """Silence transformers' per-shard progress bars; the CLI draws its own."""
+    """Silence transformers' per-shard progress bars (the CLI draws its own) and peft's use of a property
+    transformers renamed, which warns on every adapter built and is not ours to fix."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def save_base(run_dir: Path, model: Any, tokenizer: Any, name: str = "base_model") -> Path:
