@@ -15,7 +15,7 @@ import duckdb
 
 from curate.errors import DataError
 from curate.ingest.normalize import SCHEMAS, SOURCE_NAME_RE, detect_schema, normalized_select
-from curate.ingest.readers import detect_format, discover, drop_raw, load_raw
+from curate.ingest.readers import NotUtf8, detect_format, discover, drop_raw, load_raw, raise_if_not_utf8
 
 SPLITS = ("train", "val", "test")
 DEFAULT_MAX_CHARS = 100_000
@@ -95,9 +95,18 @@ def _ingest_one(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_so
     if done:
         return FileReport(origin, fmt, done[0], int(done[1]), int(done[2]), int(done[3]), int(done[4]),
                           sorted(set(done[5])), cached=True)
+    try:
+        return _attempt(con, path, fmt, default_source, split, schema, max_chars, digest, line_by_line=False)
+    except NotUtf8:  # DuckDB's reader stops at the first bad byte; Python keeps each bad line as a reject
+        return _attempt(con, path, fmt, default_source, split, schema, max_chars, digest, line_by_line=True)
+
+
+def _attempt(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: str, split: str, schema: str,
+             max_chars: int, digest: str, *, line_by_line: bool) -> FileReport:
+    """One all-or-nothing try at a file: a transaction that commits everything or nothing."""
     con.execute("BEGIN TRANSACTION")
     try:
-        report = _load(con, path, fmt, default_source, split, schema, max_chars, digest)
+        report = _load(con, path, fmt, default_source, split, schema, max_chars, digest, line_by_line)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -110,15 +119,19 @@ def _ingest_one(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_so
 
 
 def _load(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, default_source: str, split: str, schema: str,
-          max_chars: int, digest: str) -> FileReport:
+          max_chars: int, digest: str, line_by_line: bool) -> FileReport:
     origin = str(path)
-    head = load_raw(con, path, fmt, "raw")
+    head = load_raw(con, path, fmt, "raw", line_by_line=line_by_line)
     if schema == "auto":
         schema = detect_schema(con, head, origin)
     query, args = normalized_select(schema, max_chars, default_source, split)
     # A duplicate repeats an earlier kept row of the same source and split, in this file or already stored.
     # (A group-by of first occurrences is much cheaper than a window over a million content hashes.)
-    con.execute(f"CREATE TEMP TABLE norm AS {query}", args)
+    try:
+        con.execute(f"CREATE TEMP TABLE norm AS {query}", args)
+    except duckdb.InvalidInputException as e:
+        raise_if_not_utf8(e)
+        raise
     con.execute(
         """CREATE TEMP TABLE dup AS
            SELECT origin_row FROM norm WHERE reason IS NULL AND origin_row NOT IN (

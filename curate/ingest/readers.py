@@ -21,6 +21,16 @@ HF_MARKERS = ("dataset_info.json", "state.json")
 INVALID_UTF8 = "invalid UTF-8"
 
 
+class NotUtf8(Exception):
+    """DuckDB met invalid UTF-8 in a JSONL file read on the fast path; the caller retries it line by line."""
+
+
+def raise_if_not_utf8(error: duckdb.Error) -> None:
+    """Turn DuckDB's invalid-unicode error into :class:`NotUtf8` (other errors pass through unchanged)."""
+    if "Invalid unicode" in str(error):
+        raise NotUtf8(str(error)) from None
+
+
 def is_hf_folder(path: Path) -> bool:
     """True for a ``datasets`` ``save_to_disk`` folder (a Dataset, not a DatasetDict)."""
     return path.is_dir() and all((path / m).exists() for m in HF_MARKERS)
@@ -93,11 +103,14 @@ def bad_utf8_offset(path: Path) -> int | None:
     return None
 
 
-def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = "raw") -> str:
+def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = "raw", *,
+             line_by_line: bool = False) -> str:
     """Create ``table(origin_row, line, pre_reason)`` holding one JSON text per input record.
 
-    ``pre_reason`` is set for records already known to be bad (invalid UTF-8). Clean JSONL becomes a view over
-    DuckDB's reader (one scan, nothing materialised). Returns the name of a relation holding the first records,
+    JSONL becomes a view over DuckDB's line reader (one scan, nothing materialised), which validates UTF-8
+    itself: if it meets an invalid byte (here or when the view is read) it raises :class:`NotUtf8`, and the
+    caller retries with ``line_by_line=True``, where Python reads the file and marks each bad line's
+    ``pre_reason`` so it becomes a reject of its own. Returns the name of a relation holding the first records,
     for schema detection. Raises DataError for files that cannot be read at all (empty, a malformed JSON array,
     unreadable Parquet).
     """
@@ -106,7 +119,7 @@ def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = 
     drop_raw(con, table)
     try:
         if fmt == "jsonl":
-            return _load_jsonl(con, path, table)
+            return _load_jsonl_lines(con, path, table) if line_by_line else _load_jsonl(con, path, table)
         if fmt == "json":
             _load_json_array(con, path, table)
         elif fmt == "csv":
@@ -120,6 +133,8 @@ def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = 
         else:
             raise DataError(f"{path}: unknown format {fmt!r}")
     except duckdb.Error as e:
+        if fmt == "jsonl":
+            raise_if_not_utf8(e)
         first = str(e).strip().splitlines()[0][:160]
         raise DataError(f"{path}: cannot read as {fmt} ({first}); fix the file") from None
     return table
@@ -147,20 +162,22 @@ _LINES = ("read_csv(?, columns={'line': 'VARCHAR'}, header=false, delim='', quot
 
 
 def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
-    if bad_utf8_offset(path) is None:
-        lit = "'" + str(path).replace("'", "''") + "'"
-        lines = _LINES.replace("?", lit)
-        con.execute(
-            f"""CREATE TEMP VIEW {table} AS SELECT origin_row, line, NULL::VARCHAR AS pre_reason FROM (
-                  SELECT row_number() OVER () AS origin_row, line FROM {lines}) WHERE NOT {blank('line')}"""
-        )
-        con.execute(
-            f"""CREATE TEMP TABLE {table}_head AS SELECT row_number() OVER () AS origin_row, line,
-                NULL::VARCHAR AS pre_reason FROM (SELECT line FROM {lines} LIMIT 2000)
-                WHERE NOT {blank('line')}"""
-        )
-        return f"{table}_head"
-    # Cold path: only files with invalid bytes pay a Python loop, to keep each bad line as its own reject.
+    lit = "'" + str(path).replace("'", "''") + "'"
+    lines = _LINES.replace("?", lit)
+    con.execute(
+        f"""CREATE TEMP VIEW {table} AS SELECT origin_row, line, NULL::VARCHAR AS pre_reason FROM (
+              SELECT row_number() OVER () AS origin_row, line FROM {lines}) WHERE NOT {blank('line')}"""
+    )
+    con.execute(
+        f"""CREATE TEMP TABLE {table}_head AS SELECT row_number() OVER () AS origin_row, line,
+            NULL::VARCHAR AS pre_reason FROM (SELECT line FROM {lines} LIMIT 2000)
+            WHERE NOT {blank('line')}"""
+    )
+    return f"{table}_head"
+
+
+def _load_jsonl_lines(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
+    """The cold path for files with invalid bytes: a Python loop, to keep each bad line as its own reject."""
     rows: list[tuple[int, str, str | None]] = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):

@@ -68,6 +68,16 @@ def test_invalid_utf8_line_is_a_reject_not_a_failure(tmp_path):
     assert (r.kept, r.rejected, r.reasons) == (1, 1, {"invalid UTF-8": 1})
 
 
+def test_invalid_utf8_past_the_schema_sample_is_a_reject_too(tmp_path):
+    """The bad byte sits after the rows read for schema detection, so DuckDB meets it mid-ingest."""
+    good = b"".join(b'{"prompt": "q%d", "response": "a"}\n' % i for i in range(2500))
+    f = tmp_path / "late.jsonl"
+    f.write_bytes(good + b'{"prompt": "\xff", "response": "c"}\n{"prompt": "last", "response": "d"}\n')
+    (r,) = _ingest(tmp_path / "c.duckdb", [f])
+    assert (r.rows_read, r.kept, r.rejected, r.reasons) == (2502, 2501, 1, {"invalid UTF-8": 1})
+    assert _rows(tmp_path / "c.duckdb", "SELECT origin_row FROM rejects") == [(2501,)]
+
+
 def test_same_file_twice_changes_nothing(tmp_path, corpus):
     db = tmp_path / "c.duckdb"
     _ingest(db, [corpus / "math.jsonl"])
