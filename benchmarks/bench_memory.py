@@ -10,8 +10,9 @@ Each variant runs ``--steps`` steps in a fresh subprocess (so no variant inherit
    ``execve``, so a child started by a big parent would report the parent's peak;
  - above floor: peak minus the RSS measured after imports and batch creation, before any model is built;
  - an exact breakdown of the live tensors after the step that held the most: parameters (every model copy the
-   method keeps, the caller's model included, shared storages once), gradients and optimizer state
-   (:func:`solvers.memory.breakdown`). Activations are transient; they are the rest of "above floor".
+   method keeps, shared storages once; u trains the loaded model in place, as in ``curate reweight``), gradients
+   and optimizer state (:func:`solvers.memory.breakdown`). Activations are transient; they are the rest of "above
+   floor".
 LISA redraws every ``--lisa-period`` steps, so over the default 12 steps it sees six draws: ``scalebio_lisa``
 releases the AdamW moments of blocks it freezes (the default), ``scalebio_lisa_keep`` keeps them (the authors'
 behaviour) and shows the state that builds up. ``scalebio_ckpt`` is full ScaleBiO with gradient checkpointing, which
@@ -69,7 +70,7 @@ class FineTune(_FineTune):
 
 
 class ScaleBiO:
-    """ScaleBiO steps; ``caller`` is the model the run was started from (fit keeps it alive too)."""
+    """ScaleBiO steps on ``caller``, the loaded model, which u trains in place (``consume=True``)."""
 
     def __init__(self, caller: torch.nn.Module, args: argparse.Namespace, variant: str) -> None:
         lora = None
@@ -78,7 +79,8 @@ class ScaleBiO:
 
             lora = LoraSpec(r=args.lora_r)
         self.caller = caller
-        self.state = init_state(caller, args.sources, 1e-4, 1e-2, 5e-4, 0.01, lora=lora)
+        # as `curate reweight` runs it: u trains the loaded model in place (consume), w is a copy
+        self.state = init_state(caller, args.sources, 1e-4, 1e-2, 5e-4, 0.01, lora=lora, consume=True)
         if variant == "scalebio_ckpt":
             enable_checkpointing(self.state.u, self.state.w)
         self.n_sources, self.t = args.sources, 0
@@ -96,7 +98,7 @@ class ScaleBiO:
     def held(self) -> MemoryBreakdown:
         s = self.state
         shared: list[Any] = [s.u.shared] if hasattr(s.u, "shared") else []  # LoRA: the base both adapters share
-        return breakdown([self.caller, s.u, s.w, *shared], [s.opt_u, s.opt_w, s.opt_lambda])
+        return breakdown([self.caller, s.u, s.w, *shared], [s.opt_u, s.opt_w, s.opt_lambda])  # storages once
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,9 +153,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
         row += f"{r['peak'] / mib:>10.0f}{above / mib:>13.0f}"
         row += f"{above / (base['peak'] - base['floor']):>7.2f}" if "peak" in base else ""
         lines.append(row)
-    lines += ["", "tensors: params + grads + optimizer state after the step that held the most (exact); params "
-              "include the caller's model, which fit() keeps alive. peak RSS: VmHWM of a fresh process; above "
-              "floor: minus the RSS after imports and batch creation (adds activations and allocator slack)."]
+    lines += ["", "tensors: params + grads + optimizer state after the step that held the most (exact); ScaleBiO "
+              "runs as `curate reweight` does, u training the loaded model in place and w a copy. peak RSS: VmHWM "
+              "of a fresh process; above floor: minus the RSS after imports and batch creation (adds activations "
+              "and allocator slack)."]
     return "\n".join(lines)
 
 

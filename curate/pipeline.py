@@ -240,7 +240,9 @@ def _run_scalebio(model: Any, train: Any, tgt: Any, cfg: Any, run_dir: Path, on_
 
     tr, va = make_samplers(train, tgt, cfg)
     try:
-        res = fit(model, tr, va, cfg, on_step=on_step, checkpoint_dir=run_dir / "checkpoints", resume=resume)
+        # The base is saved in the run folder already, so u may train it in place: one model copy fewer.
+        res = fit(model, tr, va, cfg, on_step=on_step, checkpoint_dir=run_dir / "checkpoints", resume=resume,
+                  consume=True)
     except NonFiniteLossError as e:
         raise ConfigError(f"{e}; the last good checkpoint is in {run_dir / 'checkpoints'} "
                           "(lower lr_model or lr_lambda and use --resume)") from None

@@ -162,24 +162,25 @@ def estimate(shape: ModelShape, variant: str, batch: int, seq: int, *, val_batch
 
     ``variant``: ``"finetune"`` (plain AdamW, one model), ``"full"`` (ScaleBiO, u and w full copies), ``"lisa"``
     (u and w train ``lisa_layers`` blocks plus the outer parameters, state released on freeze) or ``"lora"``
-    (u and w adapters of rank ``lora_r`` over one base). ScaleBiO variants also count the caller's model, which
-    ``fit`` keeps alive, and one pass's activations at a time (its passes run one after another). AdamW holds two
-    moments per trained parameter, in the parameter's dtype. ``shards > 1`` divides parameters, gradients and
-    optimizer state over that many devices (ZeRO-3); activations are per device. ``checkpointing``: gradient
-    checkpointing (see :meth:`ModelShape.activation_bytes`). ``offload``: DeepSpeed ZeRO keeps the optimizer state
-    in host memory, so it leaves the device's total.
+    (u and w adapters of rank ``lora_r`` over one base). ScaleBiO variants are counted as ``curate reweight``
+    runs them (``fit(..., consume=True)``: u is the loaded model, w a copy), with one pass's activations at a
+    time (its passes run one after another). AdamW holds two moments per trained parameter, in the parameter's
+    dtype. ``shards > 1`` divides parameters, gradients and optimizer state over that many devices (ZeRO-3);
+    activations are per device. ``checkpointing``: gradient checkpointing (see
+    :meth:`ModelShape.activation_bytes`). ``offload``: DeepSpeed ZeRO keeps the optimizer state in host memory,
+    so it leaves the device's total.
     """
     b, p = shape.dtype_bytes, shape.params
     acts = shape.activation_bytes(max(batch, val_batch or batch), seq, checkpointing)
     if variant == "finetune":
         held, trained = p, p
     elif variant == "full":
-        held, trained = 3 * p, 2 * p
+        held, trained = 2 * p, 2 * p
     elif variant == "lisa":
-        held, trained = 3 * p, 2 * (shape.outer_params + min(lisa_layers, shape.layers) * shape.block_params)
+        held, trained = 2 * p, 2 * (shape.outer_params + min(lisa_layers, shape.layers) * shape.block_params)
     elif variant == "lora":
         adapters = 2 * shape.lora_params(lora_r)
-        held, trained = 2 * p + adapters, adapters
+        held, trained = p + adapters, adapters
     else:
         raise ValueError(f"variant must be finetune, full, lisa or lora, got {variant!r}")
     optimizer = 0 if offload else 2 * trained * b // shards

@@ -124,10 +124,12 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
         on_step: Callable[[dict[str, float]], None] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
         per_example_loss_fn: LossFn = per_example_loss,
-        target_loss_fn: LossFn = token_mean_loss) -> ScaleBiOResult:
+        target_loss_fn: LossFn = token_mean_loss, consume: bool = False) -> ScaleBiOResult:
     """Learn source weights by ScaleBiO (ALGORITHMS.md §2): penalty-based first-order bilevel optimisation.
 
-    ``model`` is not modified: u and w are independent deep copies of it.
+    ``model`` is not modified: u and w are independent deep copies of it. With ``consume=True`` u trains
+    ``model`` itself (in place) and only w is a copy, so the run holds two models, not three: use it when the
+    caller has no further use for the base model (``curate reweight`` saves it first).
 
     Args:
         model: any module the loss functions accept (an HF causal LM by default), on the device to train on.
@@ -157,7 +159,7 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     state = init_state(model, len(sources), cfg.lr_model, cfg.lr_lambda, cfg.weight_decay,
-                       cfg.lambda_weight_decay, lora=_lora_spec(cfg))
+                       cfg.lambda_weight_decay, lora=_lora_spec(cfg), consume=consume)
     if cfg.gradient_checkpointing:
         enable_checkpointing(state.u, state.w)
     lisa = (Lisa([state.u, state.w], cfg.lisa_layers, cfg.lisa_period, cfg.seed, cfg.lisa_release_state)

@@ -83,8 +83,9 @@ def _is_adapter_param(name: str, adapter: str) -> bool:
     return "lora_" in name and f".{adapter}." in name + "."
 
 
-def lora_pair(model: nn.Module, spec: LoraSpec) -> tuple[AdapterView, AdapterView]:
-    """u and w over one deep copy of ``model`` (``model`` itself is not modified)."""
+def lora_pair(model: nn.Module, spec: LoraSpec, consume: bool = False) -> tuple[AdapterView, AdapterView]:
+    """u and w over one deep copy of ``model`` (``model`` itself is not modified), or over ``model`` itself
+    when ``consume`` (it then gains the adapters in place, and the base is held once, not twice)."""
     from peft import LoraConfig, get_peft_model
 
     targets: str | list[str] = (spec.target_modules if spec.target_modules == "all-linear"
@@ -93,7 +94,7 @@ def lora_pair(model: nn.Module, spec: LoraSpec) -> tuple[AdapterView, AdapterVie
     config = LoraConfig(r=spec.r, lora_alpha=alpha, lora_dropout=spec.dropout, target_modules=targets, bias="none")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        shared = get_peft_model(copy.deepcopy(model), config, adapter_name=ADAPTERS[0])
+        shared = get_peft_model(model if consume else copy.deepcopy(model), config, adapter_name=ADAPTERS[0])
         shared.add_adapter(ADAPTERS[1], config)
     for name, param in shared.named_parameters():
         param.requires_grad_(_is_adapter_param(name, ADAPTERS[0]) or _is_adapter_param(name, ADAPTERS[1]))

@@ -72,11 +72,13 @@ class StepLosses:
 
 
 def init_state(model: nn.Module, n_sources: int, lr_model: float, lr_lambda: float, weight_decay: float,
-               lambda_weight_decay: float, lora: LoraSpec | None = None) -> SolverState:
+               lambda_weight_decay: float, lora: LoraSpec | None = None, consume: bool = False) -> SolverState:
     """u and w as two independent deep copies of ``model``, λ = 0 (uniform weights), one AdamW each.
 
     With ``lora``, u and w are instead two LoRA adapters over one frozen deep copy of ``model``
-    (:mod:`solvers.scalebio.lora`), and their optimizers hold the adapter weights only.
+    (:mod:`solvers.scalebio.lora`), and their optimizers hold the adapter weights only. ``consume``: u is
+    ``model`` itself (the LoRA base, under ``lora``) rather than a copy, which saves one model's memory; the
+    caller's model is then trained in place.
     λ is fp32 (fp64 for an fp64 model) on the model's device whatever the model's dtype.
     """
     u: nn.Module
@@ -84,9 +86,10 @@ def init_state(model: nn.Module, n_sources: int, lr_model: float, lr_lambda: flo
     if lora is not None:
         from solvers.scalebio.lora import lora_pair
 
-        u, w = lora_pair(model, lora)
+        u, w = lora_pair(model, lora, consume=consume)
     else:
-        u, w = copy.deepcopy(model), copy.deepcopy(model)
+        w = copy.deepcopy(model)
+        u = model if consume else copy.deepcopy(model)
     ref = next(model.parameters())
     dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
     logits = torch.zeros(n_sources, dtype=dtype, device=ref.device, requires_grad=True)

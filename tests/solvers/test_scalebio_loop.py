@@ -126,6 +126,15 @@ def test_fit_leaves_the_input_model_alone(sets):
             "grad_norm_lambda", "tokens_per_s"} <= set(result.trajectory[0])
 
 
+def test_consume_trains_the_input_model_as_u_with_the_same_result(sets, reference):
+    model = new_model(sets)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = config()
+    result = fit(model, *make_samplers(*sets, cfg), cfg, consume=True)
+    assert_same_run(result, reference)  # the same weights, losses and final w
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))  # u moved it
+
+
 def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(sets, reference, tmp_path):
     calls = {"n": 0}
 
