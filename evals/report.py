@@ -261,7 +261,8 @@ def headline(summary: Mapping[str, Any]) -> str:
     a, b = methods[method]["metrics"][metric], methods[base]["metrics"][metric]
     verdict = "beat" if cmp["improvement"] > 0 else "tied with" if cmp["improvement"] == 0 else "did not beat"
     rel = cmp["rel_improvement"]
-    rel_text = f" ({abs(rel):.1%} {'better' if rel > 0 else 'worse'})" if rel else ""
+    # A percentage of a near-zero baseline (1% accuracy) says nothing; the absolute difference says it all.
+    rel_text = f" ({abs(rel):.1%} {'better' if rel > 0 else 'worse'})" if rel and abs(rel) <= 1 else ""
     sentence = (f"{method} {verdict} {base} on {metric} ({_better_word(summary['directions'][metric])}): "
                 f"{_pm(a)} vs {_pm(b)}, a difference of {cmp['mean_diff']:+.4g}{rel_text}, "
                 f"better on {cmp['wins']} of {cmp['n']} paired seeds")
