@@ -48,7 +48,7 @@ def test_plan_is_within_a_factor_of_the_allocator_peak(arithmetic_tokenizer, ari
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     cfg = ScaleBiOConfig(steps=3, batch_size=batch, val_batch_size=batch, gradient_checkpointing=checkpointing)
-    fit(model, *make_samplers(train, val, cfg), cfg)
+    fit(model, *make_samplers(train, val, cfg), cfg, consume=True)  # as curate reweight runs it
     measured = torch.cuda.max_memory_allocated() - base + sum(p.numel() * 4 for p in model.parameters())
     shape = ModelShape.from_config(model.config)
     planned = estimate(shape, "full", batch, seq, checkpointing=checkpointing).total
