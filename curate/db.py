@@ -107,10 +107,12 @@ def _migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise DataError(f"{path}: written by a newer curate (schema {row[0]}); upgrade curate")
     con.execute("BEGIN TRANSACTION")
     try:
-        if version == 1:  # v1 kept examples as a table with generated columns
-            con.execute(f"CREATE TABLE example_rows AS SELECT {STORED} FROM examples")
-            con.execute("DROP TABLE examples")
+        if version == 1:  # v1 kept examples as a table with generated columns; copy its rows under DDL's schema
+            con.execute("ALTER TABLE examples RENAME TO examples_v1")
         con.execute(DDL)
+        if version == 1:
+            con.execute(f"INSERT INTO example_rows ({STORED}) SELECT {STORED} FROM examples_v1")
+            con.execute("DROP TABLE examples_v1")
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
     except BaseException:

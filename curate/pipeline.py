@@ -100,8 +100,7 @@ def method_config(settings: ReweightSettings) -> Any:
         values.setdefault("seed", settings.seed)
     # bf16 model passes on a GPU unless the user says otherwise; DeepSpeed ranks take bf16 from the DeepSpeed
     # config instead (its engine owns the precision).
-    if (settings.method == "scalebio" and settings.device != "cpu" and "LOCAL_RANK" not in os.environ
-            and resolve_device(settings.device) != "cpu"):
+    if settings.method == "scalebio" and "LOCAL_RANK" not in os.environ and resolve_device(settings.device) != "cpu":
         values.setdefault("autocast_bf16", True)
     return build(cls, values, where=settings.method)
 
