@@ -53,6 +53,7 @@ from baselines.base import (
 )
 from baselines.projection import Projector, make_projector
 from baselines.scoring import subset
+from solvers._io import atomic_path
 from solvers.data import TokenizedSet
 from solvers.lm import IGNORE, find_blocks, per_example_loss, token_mean_loss
 
@@ -257,8 +258,8 @@ def _snapshot(
         mean_lr,
     )
     if directory is not None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        torch.save(vars(ckpt), Path(directory) / f"less_epoch{epoch}.pt")
+        with atomic_path(Path(directory) / f"less_epoch{epoch}.pt") as tmp:
+            torch.save(vars(ckpt), tmp)
     return ckpt
 
 

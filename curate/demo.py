@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import require
+from curate.io import write_text
 
 ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ("+",),
          "allow_parentheses": False, "allow_negation": False}
@@ -66,8 +67,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 DEMO_BUDGET = 800

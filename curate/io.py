@@ -1,68 +1,19 @@
-"""Atomic writes: a crash never leaves a half-written file or folder that looks complete.
+"""Atomic writes for curate: a crash never leaves a half-written file or folder that looks complete.
 
-Everything is written to a temporary name in the destination's folder (same filesystem) and renamed into place.
+The writer itself is :mod:`solvers._io` (one implementation for the whole project, at the bottom layer so that
+solvers, baselines and evals use it too): temporary name in the destination's folder, synced, renamed into place,
+the folder synced after, with the modes the umask gives an ordinary write. This module re-exports it and adds
+:func:`sha256_file`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from solvers._io import atomic_dir, atomic_path, write_bytes, write_json, write_text
 
-@contextlib.contextmanager
-def atomic_path(dest: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest``; on success it replaces ``dest`` atomically, on error it is removed."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(dest: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder next to ``dest``; on success it replaces ``dest`` (old content removed)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_text(dest: Path | str, text: str) -> Path:
-    """Write ``text`` to ``dest`` atomically."""
-    with atomic_path(dest) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(dest)
-
-
-def write_json(dest: Path | str, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``dest`` atomically."""
-    return write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+__all__ = ["atomic_dir", "atomic_path", "sha256_file", "write_bytes", "write_json", "write_text"]
 
 
 def sha256_file(path: Path | str) -> str:

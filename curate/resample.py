@@ -8,7 +8,6 @@ allocation, repeats, seed and the sha256 of every output file.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pyarrow as pa
 
 from curate.db import data_fingerprint, sources_in
 from curate.errors import DataError
-from curate.io import atomic_dir, sha256_file
+from curate.io import atomic_dir, sha256_file, write_bytes
 from curate.runs import update_manifest
 from curate.sampling import allocate, draw
 from curate.weights import read_weights, validate_weights
@@ -52,7 +51,7 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
         raise DataError(f"{wpath}: a bare weights file needs --out DIR for the resampled data")
     run_dir.mkdir(parents=True, exist_ok=True)
     if run_dir.resolve() != wpath.parent.resolve():
-        shutil.copyfile(wpath, run_dir / "weights.json")
+        write_bytes(run_dir / "weights.json", wpath.read_bytes())
     alloc = allocate(weights, budget, {s: available.get(s, 0) for s in weights}, max_epochs)
     ids = _ids_by_source(con, [s for s, k in alloc.items() if k > 0], split)
     scores = _scores(run_dir, ids)

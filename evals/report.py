@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
-from evals._io import write_bytes_atomic, write_text_atomic
+from solvers._io import write_bytes, write_text
 
 SCHEMA_VERSION = 1
 
@@ -341,11 +341,11 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     summary = build_summary(results)
     images = plots.render_all(summary, results)
     out_dir = Path(out_dir)
-    paths = {name: write_bytes_atomic(out_dir / f"{name}.png", png) for name, png in images.items()}
+    paths = {name: write_bytes(out_dir / f"{name}.png", png) for name, png in images.items()}
     summary["plots"] = {name: f"{name}.png" for name in images}
-    paths["summary"] = write_text_atomic(out_dir / "summary.json", dumps(summary))
-    paths["markdown"] = write_text_atomic(out_dir / "report.md", render.markdown(summary))
-    paths["html"] = write_text_atomic(out_dir / "report.html", render.html(summary, images))
+    paths["summary"] = write_text(out_dir / "summary.json", dumps(summary))
+    paths["markdown"] = write_text(out_dir / "report.md", render.markdown(summary))
+    paths["html"] = write_text(out_dir / "report.html", render.html(summary, images))
     return paths
 
 

@@ -1,9 +1,9 @@
 """Resumable checkpoints of a ScaleBiO run: one file, written atomically.
  The file holds everything a run's future depends on: u, w, λ, the three optimizer states, the step (from
 which the schedule and α stage follow), torch's RNG states, the LISA generator and draw, both samplers' state
-dicts (their numpy generators included) and the trajectory so far. It is written to a temporary file in the
-same folder, synced and moved over the old one with ``os.replace``, so a crash at any moment leaves either the
-previous checkpoint or the new one, never a half-written file.
+dicts (their numpy generators included) and the trajectory so far. It is written through
+:func:`solvers._io.atomic_path` (a temporary file in the same folder, synced and moved over the old one), so a
+crash at any moment leaves either the previous checkpoint or the new one, never a half-written file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from solvers._io import atomic_path
 
 FILENAME = "scalebio.pt"
 # Fields that may change between the interrupted and the resumed run without changing its result.
@@ -27,16 +29,8 @@ def path(directory: str | os.PathLike[str]) -> Path:
 def save(directory: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Atomically write ``payload`` as the checkpoint of ``directory`` (created if needed)."""
     target = path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        torch.save(payload, tmp)
     return target
 
 

@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from evals import _io, plots, report
+from evals import plots, report
 from evals.report import build_summary, headline, rich_table, table_rows, validate_results, write_report
+from solvers import _io
 
 SOURCES = ["clean", "noisy", "offtask"]
 
@@ -187,14 +188,14 @@ def test_plots_are_deterministic_and_skip_missing_data():
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "summary.json"
-    _io.write_text_atomic(target, "old")
+    _io.write_text(target, "old")
 
     def boom(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(_io.os, "replace", boom)
     with pytest.raises(OSError):
-        _io.write_text_atomic(target, "new")
+        _io.write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
 
