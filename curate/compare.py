@@ -79,13 +79,15 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, log: Log = pr
     arms = list(settings.methods) + (["oracle"] if settings.oracle else [])
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in arms}
     for seed in range(settings.seeds):
-        base = _base_model(db, settings, out_dir, seed)
+        base, max_len = _base_model(db, settings, out_dir, seed)
         for arm in arms:
             cell = out_dir / "cells" / f"{arm}-seed{seed}.json"
             done = json.loads(cell.read_text()) if cell.exists() else {}
             if done.get("config_hash") != config_hash:  # a finished cell is reused only under the same settings
                 log(f"seed {seed}: {arm}")
-                done = {**_run_cell(db, settings, arm, seed, base, test, out_dir, on_step), "config_hash": config_hash}
+                resolved = replace(settings, reweight=replace(settings.reweight, max_len=max_len))
+                done = {**_run_cell(db, resolved, arm, seed, base, test, out_dir, on_step),
+                        "config_hash": config_hash}
                 write_json(cell, done)
             results[arm].append({k: v for k, v in done.items() if k != "config_hash"})
     report = {"methods": results, "baseline": "uniform" if "uniform" in arms else arms[0],
@@ -104,17 +106,26 @@ def _eval_rows(db: Path, split: str) -> Rows:
     return rows
 
 
-def _base_model(db: Path, settings: CompareSettings, out_dir: Path, seed: int) -> Path:
-    """One saved base model per seed (built from --model), shared by every arm."""
+def _base_model(db: Path, settings: CompareSettings, out_dir: Path, seed: int) -> tuple[Path, int]:
+    """One saved base model per seed (built from --model), shared by every arm, and the ``max_len`` every arm's
+    reweight, fine-tune and evaluation use (``auto`` resolved once, on the same rows reweight sees)."""
+    from curate.corpus import load_pool_and_target
+    from curate.modeling import load_tokenizer, max_positions
+    from curate.tokens import resolve_max_len
+
     dest = out_dir / "base" / f"seed{seed}"
-    if (dest / "base_model" / "config.json").exists():
-        return dest / "base_model"
     rw = settings.reweight
+    tiny = TinyModel(**rw.tiny) if rw.tiny else TinyModel()
     with open_db(db, read_only=True) as con:
-        texts = [r[0] for r in con.execute("SELECT text FROM examples").fetchall()]
-    model, tok = load_model(rw.model, texts, seed=seed, max_len=rw.max_len,
-                            tiny=TinyModel(**rw.tiny) if rw.tiny else TinyModel())
-    return save_base(dest, model, tok)
+        pool, target = load_pool_and_target(con, rw.target)
+    built = (dest / "base_model" / "config.json").exists()
+    spec = str(dest / "base_model") if built else rw.model
+    tok = load_tokenizer(spec, [pool, target], rw.template, tiny)
+    max_len, _ = resolve_max_len(rw.max_len, tok, pool, target, rw.template, max_positions(spec))
+    if built:
+        return dest / "base_model", max_len
+    model = load_model(rw.model, tok, seed=seed, max_len=max_len, tiny=tiny)
+    return save_base(dest, model, tok), max_len
 
 
 def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, out_dir: Path,
@@ -181,14 +192,17 @@ def _train_and_eval(settings: CompareSettings, base: Path, run_dir: Path, test: 
                                                                           "response"]).to_pydict()
     train_rows = Rows(table["example_id"], table["source"], table["prompt"], table["response"])
     sources = sorted(set(train_rows.sources))
-    data = tokenize(train_rows, tok, sources, rw.max_len, rw.template)
+    data = tokenize(train_rows, tok, sources, rw.max_len, rw.template, rw.truncation)
     model, history = finetune(model, data, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size,
                               seed=seed)
     test_sources = sorted(set(test.sources))
-    loss = heldout_loss(model, tokenize(test, tok, test_sources, rw.max_len, rw.template), batch_size=32)
+    loss = heldout_loss(model, tokenize(test, tok, test_sources, rw.max_len, rw.template, rw.truncation),
+                        batch_size=32)
     n = min(len(test), recipe.eval_limit)
+    # the generation prefix is cut as in training (the prompt's start goes first), leaving room for the answer
+    prefix = max(rw.max_len // 2, rw.max_len - recipe.max_new_tokens)  # type: ignore[operator]
     acc = generation_accuracy(model, tok, test.prompts[:n], test.responses[:n], recipe.eval_rule,  # type: ignore[arg-type]
-                              template=rw.template, max_new_tokens=recipe.max_new_tokens)
+                              template=rw.template, max_new_tokens=recipe.max_new_tokens, max_prompt_len=prefix)
     tokens = int(sum(history.get("n_tokens", [])))  # trained (response) tokens, the fine-tune's real cost
     return {"accuracy": acc["accuracy"], "target_loss": loss["loss"], "ppl": loss["ppl"]}, tokens
 

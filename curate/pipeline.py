@@ -24,8 +24,9 @@ from curate.corpus import Rows, load_pool_and_target
 from curate.db import data_fingerprint, open_db
 from curate.errors import ConfigError
 from curate.io import write_json
-from curate.modeling import TinyModel, load_model, save_base, tokenize
+from curate.modeling import TinyModel, load_model, load_tokenizer, max_positions, save_base
 from curate.runs import update_manifest, write_config
+from curate.tokens import TokenReport, resolve_max_len, tokenize_run
 from curate.weights import build_weights_doc, normalise, write_weights
 
 METHODS = ("scalebio", "uniform", "proportional", "temperature", "less", "rho", "doremi")
@@ -43,8 +44,13 @@ class ReweightSettings:
     steps: int | None = None
     budget: int | None = None
     seed: int = 0
-    max_len: int = 128
+    max_len: int | str = "auto"
+    """Tokens per example: ``auto`` (the default) picks the length at which 99% of pool and target rows are not
+    truncated (capped by the model's max positions and 1024, see ``curate.tokens``); ``N`` sets it."""
     template: str = "auto"
+    truncation: str = "keep_response"
+    """How a too-long example is cut: ``keep_response`` drops the prompt's start (template tokens stay) and cuts a
+    response only when it alone does not fit; ``right`` cuts from the end (responses can be lost entirely)."""
     tiny: dict = field(default_factory=dict)
     method_args: dict = field(default_factory=dict)
     per_method: dict = field(default_factory=dict)
@@ -58,8 +64,12 @@ class ReweightSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"--method: {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.max_len < 8:
-            raise ValueError("max_len must be >= 8")
+        if isinstance(self.max_len, str) and self.max_len != "auto":
+            raise ValueError(f"max_len: {self.max_len!r} is neither auto nor a number of tokens")
+        if isinstance(self.max_len, int) and self.max_len < 8:
+            raise ValueError("max_len must be >= 8 (or auto)")
+        if self.truncation not in ("keep_response", "right"):
+            raise ValueError(f"truncation: {self.truncation!r} is not one of keep_response, right")
         if self.template not in ("auto", "alpaca", "plain"):
             raise ValueError(f"template: {self.template!r} is not one of auto, alpaca, plain")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
@@ -204,33 +214,52 @@ def _run_method(settings: ReweightSettings, cfg: Any, counts: dict[str, int], po
         method = BASELINES[settings.method]
         res = method.fn(cfg, counts=counts)
         return {"weights": res.weights}
-    tiny = build(TinyModel, settings.tiny, where="tiny")
     spec = str(run_dir / "base_model") if resume and (run_dir / "base_model").is_dir() else settings.model
-    model, tok = load_model(spec, pool.prompts + pool.responses + target.prompts + target.responses,
-                            seed=settings.seed, max_len=settings.max_len, tiny=tiny)
+    model, tok, train, tgt, report = load_and_tokenize(settings, spec, pool, target, sorted(counts))
     if not resume and writer:
         save_base(run_dir, model, tok)
-    sources = sorted(counts)
-    train = tokenize(pool, tok, sources, settings.max_len, settings.template)
-    tgt = tokenize(target, tok, sources, settings.max_len, settings.template)
     if settings.method == "scalebio" and distributed is not None:
-        return _run_scalebio_distributed(model, train, tgt, cfg, on_step, *distributed)
-    if settings.method == "scalebio":
+        out = _run_scalebio_distributed(model, train, tgt, cfg, on_step, *distributed)
+    elif settings.method == "scalebio":
         model = model.to(resolve_device(settings.device))
         out = _run_scalebio(model, train, tgt, cfg, run_dir, on_step, resume)
         final = out.pop("model")
         if settings.save_model and hasattr(final, "save_pretrained"):
             save_base(run_dir, final, tok, name="model")
-        return out
+    else:
+        out = _run_baseline(settings.method, cfg, train, tgt, model, on_step)
+    return _with_tokenization(out, report)
+
+
+def load_and_tokenize(settings: ReweightSettings, spec: str, pool: Rows, target: Rows,
+                      sources: list[str]) -> tuple[Any, Any, Any, Any, TokenReport]:
+    """The tokenizer, ``max_len`` (resolved when ``auto``), the tokenized pool and target, then the model sized
+    for that length. Refuses (exit 2) a source or target with no usable row before any model is built."""
+    tiny = build(TinyModel, settings.tiny, where="tiny")
+    tok = load_tokenizer(spec, [pool, target], settings.template, tiny)
+    max_len, chosen = resolve_max_len(settings.max_len, tok, pool, target, settings.template, max_positions(spec))
+    train, tgt, report = tokenize_run(pool, target, tok, sources, max_len, settings.template, settings.truncation,
+                                      chosen)
+    model = load_model(spec, tok, seed=settings.seed, max_len=max_len, tiny=tiny)
+    return model, tok, train, tgt, report
+
+
+def _with_tokenization(out: dict[str, Any], report: TokenReport) -> dict[str, Any]:
+    diagnostics = dict(out.get("diagnostics") or {})
+    diagnostics["tokenization"] = report.to_dict()
+    diagnostics["warnings"] = list(diagnostics.get("warnings") or []) + report.warnings
+    return {**out, "diagnostics": diagnostics}
+
+
+def _run_baseline(method: str, cfg: Any, train: Any, tgt: Any, model: Any, on_step: StepFn | None) -> dict[str, Any]:
     from baselines import run as run_baseline
 
+    usable = {s: int(n) for s, n in zip(train.sources, train.counts(), strict=True)}  # label-less rows dropped
     try:
-        res = run_baseline(settings.method, cfg, counts=counts, model=model, train=train, target=tgt,
-                           on_step=on_step)
+        res = run_baseline(method, cfg, counts=usable, model=model, train=train, target=tgt, on_step=on_step)
     except ValueError as e:
-        raise ConfigError(f"{settings.method}: {e}") from None
-    return {"weights": res.weights, "scores": res.scores, "trajectory": res.trajectory,
-            "diagnostics": res.info}
+        raise ConfigError(f"{method}: {e}") from None
+    return {"weights": res.weights, "scores": res.scores, "trajectory": res.trajectory, "diagnostics": res.info}
 
 
 def _run_scalebio(model: Any, train: Any, tgt: Any, cfg: Any, run_dir: Path, on_step: StepFn | None,
@@ -370,20 +399,33 @@ def memory_plan(settings: ReweightSettings, cfg: Any, max_memory_gb: float | Non
         raise ConfigError(f"--plan: memory plans are for --method scalebio, not {settings.method}")
     shape = _model_shape(settings)
     chosen = "lora" if cfg.lower_level == "lora" else "lisa" if cfg.lisa else "full"
+    max_len = _planned_max_len(settings)
     kw = {"val_batch": cfg.val_batch_size, "lisa_layers": cfg.lisa_layers, "lora_r": cfg.lora_r,
           "checkpointing": cfg.gradient_checkpointing}
-    lines = plan_lines(shape, cfg.batch_size, settings.max_len, chosen=chosen, **kw)
+    lines = plan_lines(shape, cfg.batch_size, max_len, chosen=chosen, **kw)
+    if settings.max_len == "auto":
+        lines.append(f"max_len auto: planned at its ceiling, {max_len} tokens (pass max_len=N to plan a length)")
     device = resolve_device(settings.device)
     budget = int(max_memory_gb * 2**30) if max_memory_gb is not None else available_memory(device)
     source = "--max-memory" if max_memory_gb is not None else (
         "available RAM" if device == "cpu" else f"free memory on {device}")
     lines.append(f"memory budget: {human(budget)} ({source})")
-    need = estimate(shape, chosen, cfg.batch_size, settings.max_len, **kw).total
+    need = estimate(shape, chosen, cfg.batch_size, max_len, **kw).total
     if need <= budget:
         return lines, None
-    alt = fitting_alternative(shape, chosen, cfg.batch_size, settings.max_len, budget, gpu=device != "cpu", **kw)
+    alt = fitting_alternative(shape, chosen, cfg.batch_size, max_len, budget, gpu=device != "cpu", **kw)
     hint = f"set {alt}" if alt else "no single change fits; use a smaller model or more memory"
     return lines, (f"--plan: this run needs about {human(need)} but {source} is {human(budget)}; {hint}")
+
+
+def _planned_max_len(settings: ReweightSettings) -> int:
+    """``max_len``, or for ``auto`` the longest it can resolve to (the data is not read for a plan)."""
+    from curate.tokens import AUTO_CEILING
+
+    if isinstance(settings.max_len, int):
+        return settings.max_len
+    cap = max_positions(settings.model)
+    return min(AUTO_CEILING, cap) if cap else AUTO_CEILING
 
 
 def _model_shape(settings: ReweightSettings) -> Any:

@@ -98,7 +98,7 @@ def _example_token_sums(model: nn.Module, data: TokenizedSet,
 @torch.no_grad()
 def generation_accuracy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str],
                         rule: Rule, template: str = "auto", max_new_tokens: int = 256,
-                        batch_size: int = 16) -> dict[str, Any]:
+                        batch_size: int = 16, max_prompt_len: int | None = None) -> dict[str, Any]:
     """pass@1 with greedy decoding: the share of prompts whose extracted answer equals the gold answer.
 
     Greedy decoding makes pass@1 a deterministic function of the model, so two methods differ only through
@@ -115,6 +115,7 @@ def generation_accuracy(model: nn.Module, tokenizer: Any, prompts: Sequence[str]
             ``"plain"``.
         max_new_tokens: Generation budget per prompt; an answer cut off by it counts as whatever was produced.
         batch_size: Prompts decoded together.
+        max_prompt_len: Longest generation prefix; a longer prompt loses its start, as in training.
 
     Returns:
         ``{"accuracy", "n", "n_correct", "n_unparsed", "rule", "template", "max_new_tokens", "decoding":
@@ -127,7 +128,7 @@ def generation_accuracy(model: nn.Module, tokenizer: Any, prompts: Sequence[str]
         raise ValueError(f"unknown answer rule {rule!r}; choose one of {', '.join(RULES)}")
     if not prompts or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("generation_accuracy: need prompts, batch_size >= 1 and max_new_tokens >= 1")
-    outputs = generate_greedy(model, tokenizer, prompts, template, max_new_tokens, batch_size)
+    outputs = generate_greedy(model, tokenizer, prompts, template, max_new_tokens, batch_size, max_prompt_len)
     preds = [extract_answer(text, rule) for text in outputs]
     correct = [is_correct(p, g, rule) for p, g in zip(preds, answers, strict=True)]
     examples = [{"prompt": prompts[i], "gold": answers[i], "pred": preds[i], "output": outputs[i],
@@ -147,8 +148,10 @@ def generation_accuracy(model: nn.Module, tokenizer: Any, prompts: Sequence[str]
 
 @torch.no_grad()
 def generate_greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], template: str = "auto",
-                    max_new_tokens: int = 256, batch_size: int = 16) -> list[str]:
-    """Greedy completions of ``prompts`` (only the new text, special tokens dropped), in input order."""
+                    max_new_tokens: int = 256, batch_size: int = 16,
+                    max_prompt_len: int | None = None) -> list[str]:
+    """Greedy completions of ``prompts`` (only the new text, special tokens dropped), in input order; prompts
+    longer than ``max_prompt_len`` tokens lose their start (:func:`solvers.lm.prompt_ids`)."""
     pad_id, eos_ids = _special_ids(model, tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
@@ -156,7 +159,7 @@ def generate_greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str], te
     texts: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            encoded = [prompt_ids(tokenizer, p, template) for p in prompts[start:start + batch_size]]
+            encoded = [prompt_ids(tokenizer, p, template, max_prompt_len) for p in prompts[start:start + batch_size]]
             input_ids, mask = _left_pad(encoded, pad_id)
             out = cast(Any, model).generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,

@@ -1,6 +1,9 @@
-"""In-memory tokenized examples and a resumable per-source batch sampler.
+"""In-memory tokenized examples, what tokenizing them cost, and a resumable per-source batch sampler.
 
-The solver and the baselines consume these plain objects; `curate` builds them from DuckDB. The sampler is
+The solver and the baselines consume these plain objects; `curate` builds them from DuckDB. A row whose
+response is truncated away has no label tokens: it is left out of the set (and counted in its
+:class:`TokenStats`), so no mean over rows (per-source losses, scores, evaluation losses) is diluted by rows
+that carry no signal. The sampler is
 stratified by default (every source in every batch, ALGORITHMS.md pitfall 7) or proportional to source size (the
 authors' behaviour: uniform over the concatenation). Its whole position is a small JSON-able state dict, so a
 resumed run draws exactly the batches an uninterrupted one would.
@@ -15,7 +18,42 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from solvers.lm import collate, encode_example
+from solvers.lm import Encoded, collate, encode_example
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """What tokenization did to one source's rows (token lengths are before truncation)."""
+
+    rows: int
+    truncated: int
+    no_labels: int
+    median_len: float
+    p95_len: float
+    max_len: int
+
+    @property
+    def usable(self) -> int:
+        """Rows that keep at least one label token (the only rows any loss or score is computed on)."""
+        return self.rows - self.no_labels
+
+    @property
+    def no_label_share(self) -> float:
+        return self.no_labels / self.rows if self.rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "truncated": self.truncated, "no_labels": self.no_labels,
+                "usable": self.usable, "median_len": self.median_len, "p95_len": self.p95_len,
+                "max_len": self.max_len}
+
+
+def token_stats(encoded: Sequence[Encoded], max_len: int) -> TokenStats:
+    """Summarise a group of encoded rows (rows, truncated, no label tokens, median/p95 untruncated length)."""
+    lengths = np.asarray([e.length for e in encoded], dtype=np.float64)
+    pct = np.percentile(lengths, [50, 95]) if len(lengths) else np.zeros(2)
+    return TokenStats(rows=len(encoded), truncated=sum(e.truncated for e in encoded),
+                      no_labels=sum(e.n_labels == 0 for e in encoded), median_len=float(pct[0]),
+                      p95_len=float(pct[1]), max_len=max_len)
 
 
 @dataclass
@@ -28,6 +66,8 @@ class TokenizedSet:
     sources: list[str]
     example_ids: list[str] = field(default_factory=list)
     pad_id: int = 0
+    stats: dict[str, TokenStats] = field(default_factory=dict)
+    """Per source name (and ``"all"``): what tokenization did, dropped rows included."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -45,16 +85,23 @@ class TokenizedSet:
 
 def tokenize_rows(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], source_ids: Sequence[int],
                   sources: list[str], max_len: int, template: str = "auto",
-                  example_ids: Sequence[str] | None = None) -> TokenizedSet:
-    """Tokenize prompt/response pairs into a :class:`TokenizedSet` with response-only labels."""
-    ids, labels = [], []
-    for p, r in zip(prompts, responses, strict=True):
-        i, lab = encode_example(tokenizer, p, r, max_len, template)
-        ids.append(i)
-        labels.append(lab)
+                  example_ids: Sequence[str] | None = None, truncation: str = "keep_response") -> TokenizedSet:
+    """Tokenize prompt/response pairs into a :class:`TokenizedSet` with response-only labels.
+
+    Rows left with no label token (see :func:`solvers.lm.encode_example`) are dropped; ``stats`` counts them per
+    source so the caller can warn or refuse.
+    """
+    encoded = [encode_example(tokenizer, p, r, max_len, template, truncation)
+               for p, r in zip(prompts, responses, strict=True)]
+    src = np.asarray(source_ids, dtype=np.int64)
+    stats = {name: token_stats([e for e, s in zip(encoded, src, strict=True) if s == k], max_len)
+             for k, name in enumerate(sources)}
+    stats["all"] = token_stats(encoded, max_len)
+    keep = [i for i, e in enumerate(encoded) if e.n_labels > 0]
+    ids = list(example_ids or [])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return TokenizedSet(ids, labels, np.asarray(source_ids, dtype=np.int64), list(sources),
-                        list(example_ids or []), int(pad))
+    return TokenizedSet([encoded[i].ids for i in keep], [encoded[i].labels for i in keep], src[keep],
+                        list(sources), [ids[i] for i in keep] if ids else [], int(pad), stats)
 
 
 class SourceSampler:

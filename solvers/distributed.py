@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from solvers.lm import IGNORE, token_losses
+from solvers.lm import IGNORE, label_rows, token_losses
 from solvers.scalebio import schedule
 from solvers.scalebio.config import ScaleBiOConfig
 from solvers.scalebio.loop import (
@@ -173,8 +173,9 @@ def _engine(model: nn.Module, lr: float, weight_decay: float, config: dict[str, 
 
 
 def _copy(model: nn.Module, checkpointing: bool) -> nn.Module:
-    """An independent copy of the base model for u or w, with gradient checkpointing when asked for."""
-    copied = copy.deepcopy(model)
+    """An independent copy of the base model for u or w, in train mode (the training passes run so whatever mode
+    ``model`` arrived in; the target pass switches by ``eval_mode``), with gradient checkpointing when asked for."""
+    copied = copy.deepcopy(model).train()
     if checkpointing:
         enable_checkpointing(copied)
     return copied
@@ -254,7 +255,8 @@ def _step(run: _Run, rank: int, world: int) -> dict[str, float]:
     train, val = _shard(full_train, rank, world), _shard(full_val, rank, world)
     p = weights(s.logits)
     ids = train["source_ids"]
-    counts = _sum(torch.bincount(ids, minlength=k).float()).clamp_min(1)  # c_s over the global batch
+    # c_s over the global batch, counting only rows with a label token (objective.source_means)
+    counts = _sum(torch.zeros(k).index_add(0, ids, label_rows(train).float())).clamp_min(1)
     tokens = _sum((val["labels"][:, 1:] != IGNORE).sum().float()).clamp_min(1)
 
     def local_sums(engine: Any) -> torch.Tensor:

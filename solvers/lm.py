@@ -9,6 +9,7 @@ and the demo.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,31 +37,112 @@ BLOCK_PATHS = (
 )
 
 
-def encode_example(
-    tokenizer: Any, prompt: str, response: str, max_len: int, template: str = "auto"
-) -> tuple[list[int], list[int]]:
+TRUNCATIONS = ("keep_response", "right")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized example: ids, response-only labels, and what truncation did to it."""
+
+    ids: list[int]
+    labels: list[int]
+    length: int
+    """Tokens before truncation (template, prompt and response): what ``max_len=auto`` is chosen from."""
+
+    @property
+    def truncated(self) -> bool:
+        return self.length > len(self.ids)
+
+    @property
+    def n_labels(self) -> int:
+        """Label tokens that enter the loss (the first position never does: nothing predicts it)."""
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
+
+def encode_example(tokenizer: Any, prompt: str, response: str, max_len: int, template: str = "auto",
+                   truncation: str = "keep_response") -> Encoded:
     """Token ids and labels for one example, with prompt tokens masked so loss is on the response only.
 
     ``template="auto"`` uses the tokenizer's chat template when it has one (the model was tuned on it), else the
-    Alpaca template. Sequences longer than ``max_len`` are truncated from the right; an example whose response is
-    truncated away entirely keeps no label tokens and so contributes loss 0.
+    Alpaca template. An example longer than ``max_len`` is cut so that what is learned from survives
+    (``truncation="keep_response"``): the prompt loses its start (its end, next to the response, stays; the
+    template's own tokens, chat roles included, are never cut), and only a response that does not fit beside
+    the template is cut from its end, keeping the prompt's last quarter of the room. ``truncation="right"`` cuts
+    the whole sequence from the right (an example whose response is cut away then has no label tokens).
     """
-    if template == "auto" and getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": "user", "content": prompt}]
-        head = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True)
-        head, full = _ids(head), _ids(full)
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation: {truncation!r} is not one of {', '.join(TRUNCATIONS)}")
+    head, resp = _head_and_response(tokenizer, prompt, response, template)
+    length = len(head) + len(resp)
+    if length > max_len and truncation == "keep_response":
+        pre, mid, post = _head_parts(tokenizer, prompt, template)
+        room = max_len - len(pre) - len(post)
+        if room > 0:
+            keep = min(len(mid), room - len(resp) if len(resp) <= room else room // 4)
+            head = pre + (mid[len(mid) - keep:] if keep > 0 else []) + post
+            resp = resp[: max_len - len(head)]
+    ids = (head + resp)[:max_len]
+    labels = [IGNORE] * min(len(head), len(ids)) + ids[len(head):]
+    return Encoded(ids, labels, length)
+
+
+def _head_and_response(tokenizer: Any, prompt: str, response: str, template: str) -> tuple[list[int], list[int]]:
+    """The formatted prompt's ids and the response's ids (with the end-of-turn tokens), untruncated."""
+    head = _head(tokenizer, prompt, template)
+    if _uses_chat_template(tokenizer, template):
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        full = _ids(tokenizer.apply_chat_template(msgs, tokenize=True))
         if full[: len(head)] != head:  # template re-tokenised the boundary; fall back to concatenation
             full = head + tokenizer.encode(response, add_special_tokens=False)
+        return head, full[len(head):]
+    resp = tokenizer.encode(response, add_special_tokens=False)
+    if tokenizer.eos_token_id is not None:
+        resp = resp + [tokenizer.eos_token_id]
+    return head, resp
+
+
+def _head(tokenizer: Any, prompt: str, template: str) -> list[int]:
+    """The formatted prompt's ids, untruncated: what the model sees before its response."""
+    if _uses_chat_template(tokenizer, template):
+        msgs = [{"role": "user", "content": prompt}]
+        return _ids(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
+    return list(tokenizer.encode(_format(template, prompt), add_special_tokens=False))
+
+
+def _head_parts(tokenizer: Any, prompt: str, template: str) -> tuple[list[int], list[int], list[int]]:
+    """The formatted prompt as (template text before the prompt, the prompt, template text after it), each
+    tokenized on its own, so that truncation can shorten the prompt and leave the template whole."""
+    if _uses_chat_template(tokenizer, template):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        at = text.rfind(prompt) if prompt else -1
+        before, after = (text[:at], text[at + len(prompt):]) if at >= 0 else (text, "")
+        mid = prompt if at >= 0 else ""
     else:
-        fmt = TEMPLATES["alpaca" if template == "auto" else template]
-        head = tokenizer.encode(fmt.format(prompt=prompt), add_special_tokens=False)
-        full = head + tokenizer.encode(response, add_special_tokens=False)
-        if tokenizer.eos_token_id is not None:
-            full = full + [tokenizer.eos_token_id]
-    ids = full[:max_len]
-    labels = [IGNORE] * min(len(head), len(ids)) + ids[len(head) :]
-    return ids, labels
+        before, _, after = TEMPLATES["alpaca" if template == "auto" else template].partition("{prompt}")
+        mid = prompt
+
+    def enc(t: str) -> list[int]:
+        return list(tokenizer.encode(t, add_special_tokens=False)) if t else []
+
+    return enc(before), enc(mid), enc(after)
+
+
+def _uses_chat_template(tokenizer: Any, template: str) -> bool:
+    return template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def _format(template: str, prompt: str) -> str:
+    return TEMPLATES["alpaca" if template == "auto" else template].format(prompt=prompt)
+
+
+def template_texts(tokenizer: Any, prompts: Sequence[str], template: str) -> list[str]:
+    """``prompts`` formatted as the model will see them (a tiny tokenizer is trained on these, so the template
+    becomes a few tokens instead of one token a byte)."""
+    if _uses_chat_template(tokenizer, template):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True) for p in prompts]
+    return [_format(template, p) for p in prompts]
 
 
 def _ids(out: Any) -> list[int]:
@@ -69,13 +151,18 @@ def _ids(out: Any) -> list[int]:
     return list(out)
 
 
-def prompt_ids(tokenizer: Any, prompt: str, template: str = "auto") -> list[int]:
-    """Token ids of the formatted prompt alone (the generation prefix used by evals)."""
-    if template == "auto" and getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": "user", "content": prompt}]
-        return _ids(tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True))
-    fmt = TEMPLATES["alpaca" if template == "auto" else template]
-    return tokenizer.encode(fmt.format(prompt=prompt), add_special_tokens=False)
+def prompt_ids(tokenizer: Any, prompt: str, template: str = "auto", max_len: int | None = None) -> list[int]:
+    """Token ids of the formatted prompt alone (the generation prefix used by evals).
+
+    Beyond ``max_len`` tokens the prompt loses its start, as in training (:func:`encode_example`), so the model
+    sees the end of the question and the template's response marker.
+    """
+    ids = _head(tokenizer, prompt, template)
+    if max_len is None or len(ids) <= max_len:
+        return ids
+    pre, mid, post = _head_parts(tokenizer, prompt, template)
+    keep = min(len(mid), max(0, max_len - len(pre) - len(post)))
+    return pre + (mid[len(mid) - keep:] if keep else []) + post
 
 
 def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -103,6 +190,16 @@ def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torc
         logits.reshape(-1, logits.size(-1)), target.clamp_min(0).reshape(-1), reduction="none"
     ).view_as(target)
     return nll * valid, valid
+
+
+def label_rows(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B]`` bool: which rows have at least one label token (the others carry no signal for any mean).
+
+    Batches without ``labels`` (a caller's own loss function) count every row.
+    """
+    if "labels" not in batch:
+        return torch.ones(batch["source_ids"].shape[0], dtype=torch.bool, device=batch["source_ids"].device)
+    return (batch["labels"][:, 1:] != IGNORE).any(dim=1)
 
 
 def per_example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

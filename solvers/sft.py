@@ -87,17 +87,19 @@ def finetune(
     sampler = SourceSampler(data, batch_size, seed, mode="proportional")
     history: dict[str, list[float]] = {"loss": [], "lr": [], "grad_norm": [], "n_tokens": []}
     was_training = model.training
-    model.train()
-    with torch.random.fork_rng(devices=_rng_devices(device)):
-        torch.manual_seed(seed)
-        for step in range(steps):
-            step_lr = lr_at(step, steps, lr, warmup_steps)
-            metrics = _train_step(model, optimizer, _to(sampler.next(), device), step_lr, step)
-            for key, value in metrics.items():
-                history[key].append(value)
-            if on_step is not None:
-                on_step(step, metrics)
-    model.train(was_training)
+    model.train()  # dropout on while training, whatever mode the model arrived in (from_pretrained: eval)
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(device)):
+            torch.manual_seed(seed)
+            for step in range(steps):
+                step_lr = lr_at(step, steps, lr, warmup_steps)
+                metrics = _train_step(model, optimizer, _to(sampler.next(), device), step_lr, step)
+                for key, value in metrics.items():
+                    history[key].append(value)
+                if on_step is not None:
+                    on_step(step, metrics)
+    finally:
+        model.train(was_training)
     return model, history
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from curate.cli._common import DEFAULT_DB, ConfigPath, Db, Out, Quiet, Seed, guarded, out
+from curate.cli._common import DEFAULT_DB, ConfigPath, Db, Out, Quiet, Seed, err, guarded, out
 from curate.cli.progress import step_progress
 from curate.config import load_config
 from curate.errors import ConfigError
@@ -105,10 +105,13 @@ def reweight(
                                zero_stage=zero_stage, ds_config=ds_config)
     if not outcome.doc:  # a DeepSpeed rank other than 0: rank 0 reports
         return
+    diagnostics = outcome.diagnostics if isinstance(outcome.diagnostics, dict) else {}
     if not quiet:
         out.print(summary_table(outcome))
-        for w in outcome.diagnostics.get("warnings", []) if isinstance(outcome.diagnostics, dict) else []:
-            out.print(f"[yellow]warning:[/] {w}")
+        if diagnostics.get("tokenization"):
+            out.print(token_table(diagnostics["tokenization"]))
+    for w in diagnostics.get("warnings", []):  # shown even with --quiet: a result the input cannot fully support
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
     out.print(f"wrote {outcome.run_dir}")
 
 
@@ -239,4 +242,18 @@ def summary_table(o: ReweightOutcome) -> Table:
     if "effective_sources" in d:
         t.caption = (f"entropy {d['entropy']:.3f} nats, effective sources {d['effective_sources']:.2f}, "
                      f"|final - averaged|_1 = {d['l1_final_vs_averaged']:.3f}")
+    return t
+
+
+def token_table(report: dict) -> Table:
+    """Per source and for the target: rows, how many were truncated or lost every label token, token lengths."""
+    t = Table(title=f"tokenization: max_len {report['max_len']} ({report['chosen']}), "
+                    f"truncation={report['truncation']}")
+    for col in ("", "rows", "truncated", "no labels (left out)", "median len", "p95 len"):
+        t.add_column(col, justify="left" if not col else "right")
+    rows = [*sorted(report["sources"].items()), ("target", report["target"])]
+    for name, st in rows:
+        lost = f"{st['no_labels']:,}" + (f" ({st['no_labels'] / st['rows']:.1%})" if st["no_labels"] else "")
+        t.add_row(name, f"{st['rows']:,}", f"{st['truncated']:,}", lost, f"{st['median_len']:.0f}",
+                  f"{st['p95_len']:.0f}")
     return t

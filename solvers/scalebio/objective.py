@@ -10,21 +10,26 @@ from __future__ import annotations
 import torch
 
 
-def source_means(per_example: torch.Tensor, source_ids: torch.Tensor, n_sources: int) -> torch.Tensor:
+def source_means(per_example: torch.Tensor, source_ids: torch.Tensor, n_sources: int,
+                 has_labels: torch.Tensor | None = None) -> torch.Tensor:
     """ℓ̄_s: mean loss of the batch's examples of each source, shape ``[K]``, fp32 (or fp64 for fp64 losses).
 
     Counts are taken over the whole batch handed in (the global batch, ALGORITHMS.md §2.1); a source with no
-    example in the batch gets 0, so it contributes nothing to any weighted sum that step.
+    example in the batch gets 0, so it contributes nothing to any weighted sum that step. ``has_labels``
+    (``[B]`` bool, see :func:`solvers.lm.label_rows`) leaves rows without a label token out of both the sum and
+    the count: such a row's loss is a 0 that carries no signal, and counting it would make a source whose
+    responses are truncated away look better the more of them are lost.
     """
     dtype = torch.float64 if per_example.dtype == torch.float64 else torch.float32
     losses = per_example.to(dtype)
-    sums = torch.zeros(n_sources, dtype=dtype, device=losses.device).index_add(0, source_ids, losses)
-    counts = torch.bincount(source_ids, minlength=n_sources).to(dtype)
+    keep = torch.ones_like(losses) if has_labels is None else has_labels.to(dtype)
+    sums = torch.zeros(n_sources, dtype=dtype, device=losses.device).index_add(0, source_ids, losses * keep)
+    counts = torch.zeros(n_sources, dtype=dtype, device=losses.device).index_add(0, source_ids, keep)
     return sums / counts.clamp_min(1)
 
 
 def weighted_source_loss(per_example: torch.Tensor, source_ids: torch.Tensor, p: torch.Tensor,
-                         n_sources: int) -> torch.Tensor:
+                         n_sources: int, has_labels: torch.Tensor | None = None) -> torch.Tensor:
     """L̂2 = Σ_s p_s · (mean loss of the batch's source-s examples); absent sources contribute 0 (no
     renormalisation).
 
@@ -33,11 +38,12 @@ def weighted_source_loss(per_example: torch.Tensor, source_ids: torch.Tensor, p:
         source_ids: source index of each example, ``[B]`` int64 in ``[0, n_sources)``.
         p: source weights ``[K]`` on the simplex.
         n_sources: K.
+        has_labels: optional ``[B]`` mask of rows with at least one label token (see :func:`source_means`).
 
     Returns:
         Scalar in p's dtype, differentiable in both ``per_example`` and ``p``.
     """
-    return p @ source_means(per_example, source_ids, n_sources).to(p.dtype)
+    return p @ source_means(per_example, source_ids, n_sources, has_labels).to(p.dtype)
 
 
 def lambda_grad(p: torch.Tensor, lbar_w: torch.Tensor, lbar_u: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from solvers.lm import per_example_loss, token_mean_loss
+from solvers.lm import label_rows, per_example_loss, token_mean_loss
 from solvers.scalebio.objective import source_means
 from solvers.scalebio.simplex import weights
 
@@ -116,7 +116,9 @@ def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, a
         step: step index, only for the error message.
         per_example_loss_fn: per-example training loss ``[B]``; response-token mean NLL by default.
         target_loss_fn: scalar target loss L1; token-mean NLL over V by default.
-        eval_mode: compute L1 with w in eval mode (no dropout).
+        eval_mode: compute L1 with w in eval mode (no dropout); else in train mode. The two training passes
+            always run in train mode, whatever mode the models arrived in (``from_pretrained`` returns eval
+            mode), and each model is left in the mode it had.
         autocast_bf16: run the model passes under CUDA bf16 autocast.
 
     Raises:
@@ -126,12 +128,14 @@ def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, a
         model.zero_grad(set_to_none=True)
     state.logits.grad = None
     p = weights(state.logits)
-    source_ids = train_batch["source_ids"]
-    with _autocast(autocast_bf16):
-        lbar_u = _finite(source_means(per_example_loss_fn(state.u, train_batch), source_ids, n_sources), step)
+    source_ids, has_labels = train_batch["source_ids"], label_rows(train_batch)
+    with _autocast(autocast_bf16), _mode(state.u, train=True):
+        lbar_u = _finite(source_means(per_example_loss_fn(state.u, train_batch), source_ids, n_sources,
+                                      has_labels), step)
     (p.detach().to(lbar_u.dtype) @ lbar_u).backward()
-    with _autocast(autocast_bf16):
-        lbar_w = _finite(source_means(per_example_loss_fn(state.w, train_batch), source_ids, n_sources), step)
+    with _autocast(autocast_bf16), _mode(state.w, train=True):
+        lbar_w = _finite(source_means(per_example_loss_fn(state.w, train_batch), source_ids, n_sources,
+                                      has_labels), step)
     (alpha * (p.detach().to(lbar_w.dtype) @ lbar_w)).backward()
     with _autocast(autocast_bf16), _mode(state.w, train=not eval_mode):
         target = _finite(target_loss_fn(state.w, val_batch), step)

@@ -3,13 +3,14 @@ import math
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from evals import harness
 from evals.harness import generate_greedy, generation_accuracy, heldout_loss, run_lm_eval
-from solvers.data import tokenize_rows
+from solvers.data import TokenizedSet, tokenize_rows
 
 RESULT_KEYS = {"accuracy", "n", "n_correct", "n_unparsed", "rule", "template", "max_new_tokens", "decoding",
                "examples"}
@@ -59,9 +60,13 @@ def test_heldout_loss_ignores_rows_without_response_tokens(copy_task, make_model
     prompts = ["copy 1", "hey you there please copy 4"]
     full = tokenize_rows(tok, prompts, ["#### 1", "#### 4"], [0, 1], ["a", "b"], 64, template="plain")
     # cut at the first row's length: the longer prompt of the second row leaves it no response tokens at all
-    data = tokenize_rows(tok, prompts, ["#### 1", "#### 4"], [0, 1], ["a", "b"], len(full.input_ids[0]),
-                         template="plain")
-    assert all(label == -100 for label in data.labels[1])
+    n = len(full.input_ids[0])
+    cut = tokenize_rows(tok, prompts, ["#### 1", "#### 4"], [0, 1], ["a", "b"], n, template="plain",
+                        truncation="right")
+    assert len(cut) == 1 and cut.stats["b"].no_labels == 1  # left out at tokenization, and counted
+    # a set built by hand that still holds such a row: the loss must not count it either
+    data = TokenizedSet(full.input_ids[:1] + [full.input_ids[1][:n]], full.labels[:1] + [[-100] * n],
+                        np.array([0, 1]), ["a", "b"], pad_id=full.pad_id)
     out = heldout_loss(make_model(tok), data, batch_size=2)
     assert set(out["per_source"]) == {"a"} and out["n_examples"] == 2
     assert out["loss"] == pytest.approx(out["per_source"]["a"])
