@@ -59,8 +59,8 @@ def resolve_max_len(setting: int | str, tokenizer: Any, pool: Rows, target: Rows
     caps = [(AUTO_CEILING, "the auto ceiling")] + ([(model_cap, "the model's max positions")] if model_cap else [])
     cap, why = min(caps)
     if length > cap:
-        return cap, f"auto, capped at {cap} by {why} (p99 length {need})"
-    return max(length, AUTO_MULTIPLE), f"auto (p99 length {need})"
+        return cap, f"auto: capped at {cap} by {why}, p99 length {need}"
+    return max(length, AUTO_MULTIPLE), f"auto: p99 length {need}"
 
 
 def _length_quantile(tokenizer: Any, rows: Rows, template: str) -> int:

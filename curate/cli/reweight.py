@@ -228,7 +228,7 @@ def _ingest_first(files: list[str], target_file: Path | None, db: Path, quiet: b
 def summary_table(o: ReweightOutcome) -> Table:
     """Weights per source, with the averaged weights and diagnostics when the method has them."""
     t = Table(title=f"{o.method} weights ({o.seconds:.1f}s)")
-    t.add_column("source")
+    t.add_column("source", overflow="fold")
     t.add_column("weight", justify="right")
     averaged = o.doc.get("averaged") or {}
     if averaged:
@@ -249,8 +249,10 @@ def token_table(report: dict) -> Table:
     """Per source and for the target: rows, how many were truncated or lost every label token, token lengths."""
     t = Table(title=f"tokenization: max_len {report['max_len']} ({report['chosen']}), "
                     f"truncation={report['truncation']}")
-    for col in ("", "rows", "truncated", "no labels (left out)", "median len", "p95 len"):
-        t.add_column(col, justify="left" if not col else "right")
+    t.add_column("", overflow="fold")
+    for col in ("rows", "truncated", "left out", "median len", "p95 len"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.caption = "left out: rows with no response token left after truncation (excluded from every loss)"
     rows = [*sorted(report["sources"].items()), ("target", report["target"])]
     for name, st in rows:
         lost = f"{st['no_labels']:,}" + (f" ({st['no_labels'] / st['rows']:.1%})" if st["no_labels"] else "")

@@ -39,7 +39,7 @@ def test_auto_is_the_shortest_multiple_of_8_that_fits_99_percent_of_rows() -> No
     lengths = [33] * 150 + [10] * 48 + [283] * 2
     random.Random(0).shuffle(lengths)
     got, how = resolve_max_len("auto", CharTokenizer(), _rows(lengths), _rows([5]), "plain", None)
-    assert (got, how) == (56, "auto (p99 length 50)")
+    assert (got, how) == (56, "auto: p99 length 50")
 
 
 def test_auto_also_fits_the_target_and_respects_caps() -> None:
