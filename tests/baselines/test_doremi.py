@@ -10,7 +10,16 @@ from baselines.doremi import domain_excess, eg_update, weighted_proxy_loss
 
 
 def test_weight_moves_toward_domains_with_larger_excess(planted, results):
-    """Reference fitted on clean target data: clean domains keep a large excess loss and gain weight."""
+    """Reference fitted on clean target data: clean domains keep a large excess loss and gain weight.
+
+    Calibrated on 16 seeds (0-15) of the whole fixture chain (data, base model, DoReMi), min / median / max:
+    - mean excess, noise_000 minus the next domain: 0.044 / 0.085 / 0.160; the next-lowest domain minus
+      noise_100: 0.055 / 0.083 / 0.156 (bars > 0);
+    - weight, noise_000 minus the next: 0.297 / 0.546 / 0.790; the next-lowest minus noise_100: 0.031 / 0.119 /
+      0.168 (bars > 0);
+    - w[noise_000] - 1/k: 0.250 / 0.400 / 0.537; 1/k - w[noise_100]: 0.202 / 0.255 / 0.293 (bars > 0);
+    - trajectory, noise_000's gain: 0.431 / 0.534 / 0.593; noise_100's loss: 0.261 / 0.285 / 0.330 (bars > 0).
+    """
     res = results["doremi"]
     w, excess = res.weights, res.info["mean_excess"]
     k = len(w)

@@ -24,6 +24,8 @@ from baselines.scoring import subset
 
 
 def test_less_ranks_clean_above_corrupted(planted, results, auroc):
+    """Calibrated on 16 seeds (0-15) of the whole fixture chain: AUROC min 0.860 / median 0.972 / max 0.999 (bar
+    >= 0.8). With the default 32 warmup rows it was 0.712 / 0.924 / 0.997, 3 seeds under the bar."""
     res = results["less"]
     ids = [i for i, _, _ in res.scores]
     value = auroc([s for _, _, s in res.scores], [planted.clean[i] for i in ids])
@@ -31,6 +33,7 @@ def test_less_ranks_clean_above_corrupted(planted, results, auroc):
 
 
 def test_less_selection_is_top_scores_and_weights_follow_it(planted, results):
+    """w[noise_000] - w[noise_100], calibrated on 16 seeds: min 0.615 / median 0.662 / max 0.740 (bar > 0)."""
     res = results["less"]
     k = n_selected(len(planted.train), 0.2)
     assert len(res.selected) == k == len(set(res.selected))
@@ -47,8 +50,9 @@ def test_target_modules_found_generically(base_model):
 
 
 @pytest.fixture(scope="module", params=["eager", "sdpa"])
-def lora_model(base_model, request):
-    model = add_lora(base_model, LessConfig(lora_r=2, lora_dropout=0.0, target_modules=("q_proj", "v_proj")))
+def lora_model(base_model, request, seeded):
+    with seeded(0):
+        model = add_lora(base_model, LessConfig(lora_r=2, lora_dropout=0.0, target_modules=("q_proj", "v_proj")))
     model.config._attn_implementation = request.param  # HF checkpoints usually load with sdpa
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # LoRA B starts at 0, which would make every A-gradient trivially 0
@@ -58,8 +62,15 @@ def lora_model(base_model, request):
     return model.eval()
 
 
+def mixed_rows(planted) -> list[int]:
+    """Two clean rows, then a "." and a 3-digit answer from the fully corrupted source: different lengths."""
+    n = planted.counts["noise_000"]
+    last = len(planted.train) - planted.counts["noise_100"]  # noise_100's rows: even j ".", odd j 3-digit
+    return [0, 1, n + 5, last, last + 1, last + 3]
+
+
 def test_vmap_grads_equal_python_loop(planted, lora_model):
-    rows = [0, 1, 45, 90, 130, 199]  # clean, ".", 3-digit answers: different padded lengths
+    rows = mixed_rows(planted)
     batch = planted.train.batch(rows)
     assert (batch["attention_mask"] == 0).any()
     params = lora_params(lora_model)
@@ -71,7 +82,7 @@ def test_vmap_grads_equal_python_loop(planted, lora_model):
 
 
 def test_vmap_grads_reject_left_padding(planted, lora_model):
-    batch = planted.train.batch([0, 199])
+    batch = planted.train.batch([0, mixed_rows(planted)[-1]])  # a clean row and a longer 3-digit one
     batch = {k: v.flip(1) if k != "source_ids" else v for k, v in batch.items()}
     with pytest.raises(ValueError, match="right-padded"):
         per_example_grads(lora_model, lora_params(lora_model), batch)
@@ -95,7 +106,7 @@ def test_lr_schedule_is_linear_warmup_then_decay():
 def test_warmup_checkpoints_hold_named_adam_state(planted, base_model, tmp_path):
     cfg = LessConfig(lr=1e-2, warmup_epochs=2, warmup_batch_size=8, lora_r=2, checkpoint_dir=str(tmp_path))
     model = add_lora(base_model, cfg)
-    data = subset(planted.train, range(0, 200, 10))  # 20 rows -> 3 steps per epoch
+    data = subset(planted.train, range(0, len(planted.train), len(planted.train) // 20))  # 20 rows -> 3 steps/epoch
     records = []
     ckpts = warmup(model, data, cfg, on_step=records.append)
     names = list(lora_params(model))
@@ -115,7 +126,7 @@ def test_task_max_is_max_over_single_task_scores(planted, base_model):
     """tasks='by_source' scores equal the element-wise max of scoring against each task alone."""
     cfg = LessConfig(lr=1e-2, warmup_epochs=2, lora_r=2, proj_dim=64, warmup_min_rows=16)
     model = add_lora(base_model, cfg)
-    pool = subset(planted.train, range(0, 200, 5))
+    pool = subset(planted.train, range(0, len(planted.train), len(planted.train) // 40))  # 40 rows, every source
     ckpts = warmup(model, subset(pool, range(16)), cfg)
     t = planted.target
     two_tasks = type(t)(t.input_ids, t.labels, np.arange(len(t)) % 2, ["even", "odd"], [], t.pad_id)

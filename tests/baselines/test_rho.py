@@ -10,6 +10,9 @@ from baselines.rho import choose, token_topk_scores
 
 
 def test_rho_ranks_clean_above_corrupted(planted, results, auroc):
+    """Calibrated on 16 seeds (0-15) of the whole fixture chain, min / median / max: AUROC 0.987 / 1.000 / 1.000
+    (bar >= 0.8); w[noise_000] - w[noise_100] 0.615 / 0.688 / 0.750 (bar > 0). With five sources, 40 rows
+    each and 40 target rows (the issue's setup) the AUROC spread was 0.794 / 0.965 / 1.000 on 10 seeds."""
     res = results["rho"]
     value = auroc([s for _, _, s in res.scores], [planted.clean[i] for i, _, _ in res.scores])
     assert value >= 0.8, f"RHO AUROC {value:.3f}"
@@ -44,13 +47,15 @@ def test_token_topk_scores_by_hand():
 
 
 def test_excess_source_weights_and_heldout_info(planted, base_model):
+    """Held-out target loss, base model minus reference, calibrated on 12 seeds: min 0.069 / median 0.227 / max
+    0.437 (bar > 0)."""
     cfg = RhoConfig(reference_steps=20, reference_lr=3e-3, reference_fraction=0.5, source_weights="excess")
     res = run("rho", cfg, counts=planted.counts, model=base_model, train=planted.train, target=planted.target)
     mean = {s: sum(sc for _, src, sc in res.scores if src == s) / planted.counts[s] for s in planted.counts}
     clipped = {s: max(v, 0.0) for s, v in mean.items()}
     assert res.weights == pytest.approx({s: v / sum(clipped.values()) for s, v in clipped.items()})
     assert math.isclose(sum(res.weights.values()), 1.0)
-    assert res.info["reference_rows"] == 20
+    assert res.info["reference_rows"] == len(planted.target) // 2
     assert res.info["heldout_loss_reference"] < res.info["heldout_loss_model"]
 
 

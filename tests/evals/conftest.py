@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-import torch
 
 from solvers.data import tokenize_rows
 from solvers.lm import tiny_llama, train_tokenizer
 from solvers.sft import finetune
 
 FILLERS = ("", "please ", "now please ", "hey you there please ")
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Models here are tiny: a second thread buys nothing, and on a shared 2-core box it thrashes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
+COPY_SEED = 0  # the copy task's rows, the trained model's init and its batch order
 
 
 def copy_rows(n: int, seed: int) -> tuple[list[str], list[str], list[str]]:
@@ -41,15 +22,21 @@ def copy_rows(n: int, seed: int) -> tuple[list[str], list[str], list[str]]:
     return prompts, [f"#### {d}" for d in digits], digits
 
 
-@pytest.fixture(scope="session")
-def copy_task():
-    prompts, responses, digits = copy_rows(240, seed=0)
+def build_copy_task(seed: int = COPY_SEED) -> dict:
+    """240 copy rows for ``seed``: a tokenizer trained on them, 200 training rows, 40 held-out test rows."""
+    prompts, responses, digits = copy_rows(240, seed=seed)
     texts = [p + "\n### Response:\n" + r for p, r in zip(prompts, responses, strict=True)]
     tok = train_tokenizer(texts, vocab_size=300)
     train = tokenize_rows(tok, prompts[:200], responses[:200], [i % 2 for i in range(200)], ["a", "b"], 32,
                           template="plain")
     test = {"prompts": prompts[200:], "responses": responses[200:], "answers": digits[200:]}
     return {"tok": tok, "train": train, "test": test}
+
+
+@pytest.fixture(scope="session")
+def copy_task(seeded):
+    with seeded(COPY_SEED):
+        return build_copy_task(COPY_SEED)
 
 
 def _model(tok, seed: int = 0):
@@ -62,9 +49,12 @@ def make_model():
     return _model
 
 
+def train_copy_model(task: dict, seed: int = COPY_SEED):
+    """A tiny Llama (init ``seed``) fine-tuned on the copy task for 120 steps (batch order ``seed``)."""
+    return finetune(_model(task["tok"], seed), task["train"], steps=120, lr=3e-3, batch_size=16, seed=seed)
+
+
 @pytest.fixture(scope="session")
-def trained_copy_model(copy_task):
-    with one_thread():
-        model, history = finetune(_model(copy_task["tok"]), copy_task["train"], steps=120, lr=3e-3,
-                                  batch_size=16, seed=0)
-    return model, history
+def trained_copy_model(copy_task, seeded):
+    with seeded(COPY_SEED):
+        return train_copy_model(copy_task, COPY_SEED)

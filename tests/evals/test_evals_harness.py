@@ -73,6 +73,9 @@ def test_heldout_loss_ignores_rows_without_response_tokens(copy_task, make_model
 
 
 def test_generation_accuracy_learns_the_copy_task(copy_task, make_model, trained_copy_model):
+    """Calibrated on 10 seeds (0-9) of the task, init and batch order (``build_copy_task``/``train_copy_model``):
+    untrained accuracy 0.0 on every seed (bar <= 0.1); last/first loss 0.0047 / 0.0074 / 0.0103 (bar < 0.5);
+    trained accuracy 1.0 on every seed and rule (bar >= 0.9)."""
     tok, test = copy_task["tok"], copy_task["test"]
     untrained = generation_accuracy(make_model(tok), tok, test["prompts"], test["answers"], rule="gsm8k",
                                     template="plain", max_new_tokens=6, batch_size=16)

@@ -1,5 +1,5 @@
-"""Shared fixtures for the solver tests: one CPU thread, offline hub, a tiny arithmetic corpus and
-tokenizer."""
+"""Shared fixtures for the solver tests: offline hub, a tiny arithmetic corpus and tokenizer (the seeds and the
+one torch thread come from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import os
 import random
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(1)  # the test machine has 2 cores shared between several runs
 
 
 def make_arithmetic_rows(n: int, seed: int, noise: float = 0.0,
@@ -34,9 +32,10 @@ def arithmetic_rows():
 
 
 @pytest.fixture(scope="session")
-def arithmetic_tokenizer():
+def arithmetic_tokenizer(seeded):
     from solvers.lm import train_tokenizer
 
-    prompts, responses = make_arithmetic_rows(400, seed=123)
-    texts = [f"{p} {r}" for p, r in zip(prompts, responses, strict=True)] + ["."]
-    return train_tokenizer(texts, vocab_size=300)
+    with seeded(123):
+        prompts, responses = make_arithmetic_rows(400, seed=123)
+        texts = [f"{p} {r}" for p, r in zip(prompts, responses, strict=True)] + ["."]
+        return train_tokenizer(texts, vocab_size=300)

@@ -39,7 +39,7 @@ def test_full_scalebio_tensors_are_exact_after_one_step():
     shape = ModelShape.from_config(model.config)
     state = init_state(model, 2, 1e-3, 1e-2, 0.0, 0.0, consume=True)
     assert state.u is model
-    ids = torch.randint(0, 300, (4, 16))
+    ids = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids,
              "source_ids": torch.tensor([0, 1, 0, 1])}
     scalebio_step(state, batch, batch, alpha=10.0, lr_model=1e-3, lr_lambda=1e-2, n_sources=2)

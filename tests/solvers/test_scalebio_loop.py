@@ -85,7 +85,22 @@ def test_crash_resumes_from_the_last_periodic_checkpoint(sets, reference, tmp_pa
     assert_same_run(run(sets, config(checkpoint_every=4), checkpoint_dir=tmp_path, resume=True), reference)
 
 
-def test_sigint_finishes_the_step_then_saves(sets, reference, tmp_path):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler for the test, restored afterwards.
+
+    A shell starts a background job (``&``, ``nohup``) with SIGINT ignored, and Python then installs no handler
+    of its own, so what ``fit`` defers and what raises KeyboardInterrupt would depend on how pytest was started.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:  # None: a handler not installed from Python; SIG_DFL is what such a process started with
+        signal.signal(signal.SIGINT, signal.SIG_DFL if before is None else before)
+
+
+def test_sigint_finishes_the_step_then_saves(sets, reference, tmp_path, python_sigint_handler):
     def on_step(row):
         if row["step"] == 2:
             os.kill(os.getpid(), signal.SIGINT)

@@ -3,6 +3,12 @@
 and 1; the target set is clean. A 0.1M-parameter Llama trained from scratch on CPU, stratified 8 rows per
 source, and ``ScaleBiOConfig``'s defaults unchanged (300 steps, α = 10, the default step sizes), the same
 defaults the convex test runs with.
+
+Calibration: ``run(seed)`` for seeds 0-9 (data, init and ScaleBiO seed all follow ``seed``), one torch thread.
+The weakest check is the order among the two noisiest sources: both are pushed out to 1-3 % and then barely
+move (λ's gradient scales with p), so their order is close to a tie. Tried as a larger gap, four sources (0, 25,
+50, 100 %) widened that margin to >= 0.0046 but one seed in 10 (seed 7) then failed outright (weights went back
+towards uniform after step 150), so the five-source design stays, with its margin stated below.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ def run(seed, tokenizer, arithmetic_rows, target_response=None):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_weights_fall_with_the_noise_rate(seed, arithmetic_tokenizer, arithmetic_rows):
+    """Calibrated on 10 seeds (0-9), min / median / max:
+    - clean source's lead over the next, p[0] - max(p[1:]): 0.411 / 0.708 / 0.868 (bar > 0);
+    - fully corrupted source's weight p[-1]: 0.0092 / 0.0145 / 0.0251 (bar < 0.1);
+    - monotonicity slack, min over pairs of max(p[i], 0.02) + 1e-3 - p[j]: 0.0021 / 0.0064 / 0.0118 (bar >= 0;
+      always the 75 % / 100 % pair, see the module docstring);
+    - target-loss drop from the first step to the last: 4.21 / 4.51 / 4.61 (bar > 0).
+    """
     p, result = run(seed, arithmetic_tokenizer, arithmetic_rows)
     assert max(range(len(p)), key=p.__getitem__) == 0, p  # the clean source wins
     assert p[-1] < 1 / (2 * len(p)), p  # the fully corrupted source is pushed out
@@ -48,7 +61,11 @@ def test_weights_fall_with_the_noise_rate(seed, arithmetic_tokenizer, arithmetic
 
 
 def test_a_corrupted_target_reverses_the_ranking(arithmetic_tokenizer, arithmetic_rows):
-    """Control: if the target itself answers ".", the fully corrupted source must win instead."""
+    """Control: if the target itself answers ".", the fully corrupted source must win instead.
+
+    Calibrated on 10 seeds (0-9), min / median / max: the corrupted source's lead p[-1] - max(p[:-1]) 0.232 /
+    0.554 / 0.737 (bar > 0); the clean source's weight p[0] 0.0175 / 0.0247 / 0.0306 (bar < 0.2).
+    """
     p, _ = run(0, arithmetic_tokenizer, arithmetic_rows, target_response=".")
     assert max(range(len(p)), key=p.__getitem__) == len(p) - 1, p
     assert p[0] < 1 / len(p), p

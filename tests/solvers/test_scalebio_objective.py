@@ -65,18 +65,20 @@ def test_lambda_grad_closed_form_matches_autograd_on_the_surrogate(logits, data)
 
 
 @pytest.fixture(scope="module")
-def fp64_setup(arithmetic_tokenizer, arithmetic_rows):
+def fp64_setup(arithmetic_tokenizer, arithmetic_rows, seeded):
     prompts, responses = arithmetic_rows(9, seed=1)
     sources = [0, 1, 2, 0, 1, 2, 0, 1, 0]
     train = tokenize_rows(arithmetic_tokenizer, prompts, responses, sources, ["a", "b", "c"], 32, "plain")
     vp, vr = arithmetic_rows(4, seed=2)
     val = tokenize_rows(arithmetic_tokenizer, vp, vr, [0] * 4, ["val"], 32, "plain")
-    model = tiny_llama(len(arithmetic_tokenizer), hidden=16, layers=2, heads=2, max_len=32).double()
-    state = init_state(model, 3, 1e-3, 1e-2, 0.0, 0.0)
-    with torch.no_grad():
-        state.logits.copy_(torch.tensor([0.3, -0.5, 0.1]))
-        for param in state.w.parameters():  # u and w must differ for the gap to be informative
-            param.add_(1e-2 * torch.randn_like(param))
+    with seeded(0):
+        model = tiny_llama(len(arithmetic_tokenizer), hidden=16, layers=2, heads=2, max_len=32, seed=0).double()
+        state = init_state(model, 3, 1e-3, 1e-2, 0.0, 0.0)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            state.logits.copy_(torch.tensor([0.3, -0.5, 0.1]))
+            for param in state.w.parameters():  # u and w must differ for the gap to be informative
+                param.add_(1e-2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
     return state, train.batch(range(len(train))), val.batch(range(len(val)))
 
 
