@@ -99,6 +99,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                     f"with -p randomly --randomly-seed={seed})")
 
 
+@pytest.fixture
+def umask():
+    """``umask(mask)`` for one test; the caller's umask is restored afterwards."""
+    before = os.umask(0o022)
+    os.umask(before)
+    try:
+        yield os.umask
+    finally:
+        os.umask(before)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     """Write rows (dicts, or raw strings taken verbatim) as JSONL."""
     with open(path, "w", encoding="utf-8") as f:

@@ -15,17 +15,6 @@ from curate.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def umask():
-    """``umask(mask)`` for one test; the caller's umask is restored afterwards."""
-    before = os.umask(0o022)
-    os.umask(before)
-    try:
-        yield os.umask
-    finally:
-        os.umask(before)
-
-
 @pytest.fixture(autouse=True)
 def _offline_datasets(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -39,3 +39,17 @@ def arithmetic_tokenizer(seeded):
         prompts, responses = make_arithmetic_rows(400, seed=123)
         texts = [f"{p} {r}" for p, r in zip(prompts, responses, strict=True)] + ["."]
         return train_tokenizer(texts, vocab_size=300)
+
+
+def small_sets(tokenizer, arithmetic_rows, sources: list[str]):
+    """A small pool (12 additions per source, source k with noise 0.5·k) and an 8-row clean target, tokenized."""
+    from solvers.data import tokenize_rows
+
+    prompts, responses, ids = [], [], []
+    for k in range(len(sources)):
+        p, r = arithmetic_rows(12, seed=k, noise=0.5 * k)
+        prompts, responses, ids = prompts + p, responses + r, ids + [k] * len(p)
+    train = tokenize_rows(tokenizer, prompts, responses, ids, sources, 32, "plain")
+    vp, vr = arithmetic_rows(8, seed=9)
+    val = tokenize_rows(tokenizer, vp, vr, [0] * len(vp), ["target"], 32, "plain")
+    return train, val

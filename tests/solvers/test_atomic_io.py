@@ -12,17 +12,6 @@ import pytest
 from solvers import _io
 
 
-@pytest.fixture
-def umask():
-    """Set the process umask for one test (``umask(0o027)``) and restore the caller's afterwards."""
-    before = os.umask(0o022)
-    os.umask(before)
-    try:
-        yield os.umask
-    finally:
-        os.umask(before)
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 

@@ -8,27 +8,21 @@ import signal
 import pytest
 import torch
 
-from solvers.data import SourceSampler, tokenize_rows
+from solvers.data import SourceSampler
 from solvers.lm import per_example_loss, tiny_llama
 from solvers.scalebio import NonFiniteLossError, ScaleBiOConfig, fit, make_samplers
 from solvers.scalebio import checkpoint as ckpt
 from solvers.scalebio.lisa import Lisa
 from solvers.scalebio.simplex import weights
 from solvers.scalebio.step import init_state, scalebio_step
+from tests.solvers.conftest import small_sets
 
 SOURCES = ["a", "b", "c"]
 
 
 @pytest.fixture(scope="module")
 def sets(arithmetic_tokenizer, arithmetic_rows):
-    prompts, responses, ids = [], [], []
-    for k in range(3):
-        p, r = arithmetic_rows(12, seed=k, noise=0.5 * k)
-        prompts, responses, ids = prompts + p, responses + r, ids + [k] * len(p)
-    train = tokenize_rows(arithmetic_tokenizer, prompts, responses, ids, SOURCES, 32, "plain")
-    vp, vr = arithmetic_rows(8, seed=9)
-    val = tokenize_rows(arithmetic_tokenizer, vp, vr, [0] * len(vp), ["target"], 32, "plain")
-    return train, val
+    return small_sets(arithmetic_tokenizer, arithmetic_rows, SOURCES)
 
 
 def new_model(sets):

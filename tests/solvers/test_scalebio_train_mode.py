@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from solvers.data import tokenize_rows
 from solvers.scalebio import ScaleBiOConfig, fit, make_samplers
 from solvers.sft import finetune
+from tests.solvers.conftest import small_sets
 
 transformers = pytest.importorskip("transformers")
 
@@ -48,14 +48,7 @@ def record(model: nn.Module) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sets(arithmetic_tokenizer, arithmetic_rows):
-    prompts, responses, ids = [], [], []
-    for k in range(len(SOURCES)):
-        p, r = arithmetic_rows(12, seed=k, noise=0.5 * k)
-        prompts, responses, ids = prompts + p, responses + r, ids + [k] * len(p)
-    train = tokenize_rows(arithmetic_tokenizer, prompts, responses, ids, SOURCES, 32, "plain")
-    vp, vr = arithmetic_rows(8, seed=9)
-    val = tokenize_rows(arithmetic_tokenizer, vp, vr, [0] * len(vp), ["target"], 32, "plain")
-    return train, val
+    return small_sets(arithmetic_tokenizer, arithmetic_rows, SOURCES)
 
 
 def in_train_mode(call: dict) -> bool:
