@@ -186,21 +186,22 @@ def _train_and_eval(settings: CompareSettings, base: Path, run_dir: Path, test: 
     quiet_hf()
 
     rw, recipe = settings.reweight, settings.recipe
+    max_len = int(rw.max_len)  # compare() resolved auto before the cells ran
     tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
     model: Any = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
     table = pq.read_table(run_dir / "data" / "part-00000.parquet", columns=["example_id", "source", "prompt",
                                                                           "response"]).to_pydict()
     train_rows = Rows(table["example_id"], table["source"], table["prompt"], table["response"])
     sources = sorted(set(train_rows.sources))
-    data = tokenize(train_rows, tok, sources, rw.max_len, rw.template, rw.truncation)
+    data = tokenize(train_rows, tok, sources, max_len, rw.template, rw.truncation)
     model, history = finetune(model, data, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size,
                               seed=seed)
     test_sources = sorted(set(test.sources))
-    loss = heldout_loss(model, tokenize(test, tok, test_sources, rw.max_len, rw.template, rw.truncation),
+    loss = heldout_loss(model, tokenize(test, tok, test_sources, max_len, rw.template, rw.truncation),
                         batch_size=32)
     n = min(len(test), recipe.eval_limit)
     # the generation prefix is cut as in training (the prompt's start goes first), leaving room for the answer
-    prefix = max(rw.max_len // 2, rw.max_len - recipe.max_new_tokens)  # type: ignore[operator]
+    prefix = max(max_len // 2, max_len - recipe.max_new_tokens)
     acc = generation_accuracy(model, tok, test.prompts[:n], test.responses[:n], recipe.eval_rule,  # type: ignore[arg-type]
                               template=rw.template, max_new_tokens=recipe.max_new_tokens, max_prompt_len=prefix)
     tokens = int(sum(history.get("n_tokens", [])))  # trained (response) tokens, the fine-tune's real cost

@@ -104,7 +104,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = SCHEMA_VERSION if row is None else int(row[0])
     if version > SCHEMA_VERSION:
-        raise DataError(f"{path}: written by a newer curate (schema {row[0]}); upgrade curate")
+        raise DataError(f"{path}: written by a newer curate (schema {version}); upgrade curate")
     con.execute("BEGIN TRANSACTION")
     try:
         if version == 1:  # v1 kept examples as a table with generated columns; copy its rows under DDL's schema
