@@ -8,19 +8,18 @@ whatever the :class:`~solvers.data.TokenizedSet` carries (its ``example_ids``, e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from solvers.common import StepCallback as StepCallback  # re-exported: every baseline's on_step type
+from solvers.common import normalise
 from solvers.data import TokenizedSet
 
 ExampleId = str | int
 """An example's id: ``TokenizedSet.example_ids[i]`` when the set has ids, else the row index ``i``."""
-
-StepCallback = Callable[[dict[str, Any]], None]
-"""Called once per optimisation step with a record holding at least ``stage`` (str) and ``step`` (int)."""
 
 
 @dataclass(frozen=True)
@@ -75,21 +74,6 @@ def check_pool(counts: Mapping[str, int], data: TokenizedSet, what: str = "train
             raise ValueError(f"{what} holds {int(sizes[s])} rows of {name!r} but counts says {counts[name]}")
 
 
-def normalise(raw: Mapping[str, float]) -> dict[str, float]:
-    """``raw / sum(raw)`` as a dict in the same key order; uniform when every value is 0.
-
-    Raises:
-        ValueError: when a value is negative or not finite.
-    """
-    for name, v in raw.items():
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"weight of {name!r} must be finite and non-negative, got {v!r}")
-    total = math.fsum(raw.values())
-    if total <= 0:
-        return {name: 1.0 / len(raw) for name in raw}
-    return {name: float(v) / total for name, v in raw.items()}
-
-
 def example_id(data: TokenizedSet, row: int) -> ExampleId:
     """The id of row ``row``: its ``example_ids`` entry when the set has ids, else the row index."""
     return data.example_ids[row] if data.example_ids else row
@@ -106,7 +90,22 @@ def selection_weights(data: TokenizedSet, rows: Sequence[int], names: Sequence[s
     """Share of the selected ``rows`` that belongs to each source, keyed by ``names`` (order kept)."""
     picked = np.bincount(data.source_ids[np.asarray(rows, dtype=np.int64)], minlength=len(data.sources))
     by_name = {data.sources[s]: float(picked[s]) for s in range(len(data.sources))}
-    return normalise({name: by_name.get(name, 0.0) for name in names})
+    return normalise({name: by_name.get(name, 0.0) for name in names}, when_zero="uniform")
+
+
+def example_result(data: TokenizedSet, scores: Sequence[float], rows: Sequence[int], weights: dict[str, float],
+                   info: dict[str, Any]) -> MethodResult:
+    """The :class:`MethodResult` of an example-level method, so LESS and RHO report their selection alike.
+
+    Args:
+        data: the scored pool.
+        scores: one score per row of ``data``, in row order.
+        rows: the selected rows, best (or first drawn) first.
+        weights: the per-source weights the method derives from its selection.
+        info: method-specific diagnostics.
+    """
+    return MethodResult(weights=weights, scores=scores_table(data, scores),
+                        selected=[example_id(data, i) for i in rows], info=info)
 
 
 def n_selected(pool_size: int, fraction: float) -> int:

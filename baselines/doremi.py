@@ -39,10 +39,10 @@ from baselines.base import (
     check_int,
     check_pool,
     check_positive,
-    normalise,
     require_inputs,
 )
-from baselines.scoring import finetune
+from baselines.scoring import fit_reference
+from solvers.common import normalise
 from solvers.data import SourceSampler, TokenizedSet
 from solvers.lm import token_losses
 
@@ -140,7 +140,7 @@ def _reference(
     mode: Literal["stratified", "proportional"] = (
         "stratified" if cfg.reference_data == "uniform" else "proportional"
     )
-    return finetune(
+    return fit_reference(
         model,
         data,
         steps=cfg.reference_steps,
@@ -238,6 +238,5 @@ def run_doremi(
         "final_weights": trajectory[-1]["weights"],
         "mean_excess": dict(zip(train.sources, mean_excess.tolist(), strict=True)),
     }
-    return MethodResult(
-        weights=normalise({name: by_name[name] for name in names}), trajectory=trajectory, info=info
-    )
+    weights = normalise({name: by_name[name] for name in names}, when_zero="uniform")
+    return MethodResult(weights=weights, trajectory=trajectory, info=info)

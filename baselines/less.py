@@ -23,7 +23,6 @@ projection) plus one ``proj_chunk_rows × proj_dim`` slice of the projection mat
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -45,17 +44,18 @@ from baselines.base import (
     check_int,
     check_pool,
     check_positive,
-    example_id,
+    example_result,
     n_selected,
     require_inputs,
-    scores_table,
     selection_weights,
 )
 from baselines.projection import Projector, make_projector
 from baselines.scoring import subset
-from solvers._io import atomic_path
+from solvers.common import top_k
+from solvers.common.io import atomic_path
 from solvers.data import TokenizedSet
 from solvers.lm import IGNORE, find_blocks, per_example_loss, token_mean_loss
+from solvers.lora import LoraSpec, with_adapters
 
 ATTENTION_HINTS = ("attn", "attention")
 
@@ -163,21 +163,16 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n in (attn or linear)})
 
 
+def lora_spec(model: nn.Module, cfg: LessConfig) -> LoraSpec:
+    """The adapters LESS warms up, as the project's one LoRA settings type (empty targets: found generically)."""
+    targets = tuple(cfg.target_modules) or tuple(lora_target_modules(model))
+    return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=targets,
+                    seed=cfg.seed)
+
+
 def add_lora(model: nn.Module, cfg: LessConfig) -> nn.Module:
     """A deep copy of ``model`` with fresh LoRA adapters (seeded); only the adapters require grad."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = list(cfg.target_modules) or lora_target_modules(model)
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        bias="none",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return get_peft_model(copy.deepcopy(model), lora)
+    return with_adapters(model, lora_spec(model, cfg))
 
 
 def lora_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -444,15 +439,8 @@ def run_less(
     rows_w = warmup_rows(len(train), cfg)
     checkpoints = warmup(wrapped, subset(train, rows_w), cfg, on_step)
     scores, info = influence_scores(wrapped, train, target, checkpoints, cfg)
-    order = sorted(range(len(train)), key=lambda i: (-float(scores[i]), i))[
-        : n_selected(len(train), cfg.select_fraction)
-    ]
+    order = top_k(scores, n_selected(len(train), cfg.select_fraction))
     info.update(
         warmup_rows=len(rows_w), target_modules=list(cfg.target_modules) or lora_target_modules(model)
     )
-    return MethodResult(
-        weights=selection_weights(train, order, names),
-        scores=scores_table(train, scores.tolist()),
-        selected=[example_id(train, i) for i in order],
-        info=info,
-    )
+    return example_result(train, scores.tolist(), order, selection_weights(train, order, names), info)

@@ -36,14 +36,13 @@ from baselines.base import (
     check_int,
     check_pool,
     check_positive,
-    example_id,
+    example_result,
     n_selected,
-    normalise,
     require_inputs,
-    scores_table,
     selection_weights,
 )
-from baselines.scoring import example_losses, example_token_losses, finetune, subset
+from baselines.scoring import example_losses, example_token_losses, fit_reference, subset
+from solvers.common import normalise, top_k
 from solvers.data import TokenizedSet
 
 
@@ -122,7 +121,7 @@ def choose(scores: torch.Tensor, cfg: RhoConfig) -> list[int]:
     keys = scores.double().numpy()
     if cfg.select == "sample":
         keys = keys / cfg.temperature + np.random.default_rng(cfg.seed).gumbel(size=len(keys))
-    return sorted(range(len(keys)), key=lambda i: (-keys[i], i))[:n]
+    return top_k(keys, n)
 
 
 def _split_target(target: TokenizedSet, cfg: RhoConfig) -> tuple[TokenizedSet, TokenizedSet | None]:
@@ -160,7 +159,7 @@ def run_rho(
     model, train, target = require_inputs("rho", model=model, train=train, target=target)
     check_pool(counts, train)
     fit_set, held = _split_target(target, cfg)
-    reference = finetune(
+    reference = fit_reference(
         model,
         fit_set,
         steps=cfg.reference_steps,
@@ -178,16 +177,11 @@ def run_rho(
             for s in range(len(train.sources))
             if (train.source_ids == s).any()
         }
-        weights = normalise({name: max(mean.get(name, 0.0), 0.0) for name in names})
+        weights = normalise({name: max(mean.get(name, 0.0), 0.0) for name in names}, when_zero="uniform")
     else:
         weights = selection_weights(train, rows, names)
     info: dict[str, object] = {"reference_rows": len(fit_set), "mean_excess": float(scores.mean())}
     if held is not None:
         info["heldout_loss_model"] = float(example_losses(model, held, cfg.batch_size).mean())
         info["heldout_loss_reference"] = float(example_losses(reference, held, cfg.batch_size).mean())
-    return MethodResult(
-        weights=weights,
-        scores=scores_table(train, scores.tolist()),
-        selected=[example_id(train, i) for i in rows],
-        info=info,
-    )
+    return example_result(train, scores.tolist(), rows, weights, info)

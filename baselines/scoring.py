@@ -1,9 +1,10 @@
-"""Helpers the model-based baselines share: batched no-grad losses over a pool, and a short seeded SFT loop.
+"""Helpers the model-based baselines share: batched no-grad losses over a pool, and the reference-model fit.
 
 RHO and DoReMi both need a *reference model* (the base fine-tuned for a fixed number of steps on some data)
 and the per-example or per-token loss of a model over a whole :class:`~solvers.data.TokenizedSet`. Losses are
 the response-token means of ``solvers.lm`` (ALGORITHMS.md §2.2), computed in eval mode so dropout does not add
-noise to scores. Fine-tuning never touches the caller's model: it trains and returns a deep copy.
+noise to scores. The reference is fitted by the project's one SFT loop (:func:`solvers.sft.finetune`) on a deep
+copy, never on the caller's model.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterable, Iterator
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from baselines.base import StepCallback
-from solvers.data import SourceSampler, TokenizedSet
-from solvers.lm import per_example_loss, token_losses, token_mean_loss
+from solvers.data import TokenizedSet
+from solvers.lm import per_example_loss, token_losses
+from solvers.sft import SamplerMode, finetune
 
 
 @contextlib.contextmanager
@@ -79,7 +80,7 @@ def example_token_losses(model: nn.Module, data: TokenizedSet, batch_size: int =
     return out
 
 
-def finetune(
+def fit_reference(
     model: nn.Module,
     data: TokenizedSet,
     *,
@@ -88,33 +89,22 @@ def finetune(
     batch_size: int,
     seed: int,
     weight_decay: float = 0.0,
-    mode: Literal["stratified", "proportional"] = "proportional",
+    mode: SamplerMode = "proportional",
     on_step: StepCallback | None = None,
     stage: str = "reference",
 ) -> nn.Module:
-    """A copy of ``model`` fine-tuned on ``data`` for ``steps`` AdamW steps (constant lr, seeded batches).
+    """A reference model: a copy of ``model`` fine-tuned on ``data`` for ``steps`` AdamW steps, in eval mode.
 
-    Batches come from :class:`~solvers.data.SourceSampler` (``mode="proportional"``: uniform over rows;
-    ``"stratified"``: equal rows per source, i.e. the uniform mixture). The loss is the token mean over the
-    batch's response tokens. Returns the copy in eval mode.
+    The one loop of :func:`solvers.sft.finetune` with the settings of the authors' reference training, so RHO
+    and DoReMi match their transcriptions: constant ``lr``, torch's default AdamW betas, no clipping, decay (if
+    any) on every parameter. ``mode="proportional"`` draws batches uniformly over rows, ``"stratified"`` equal
+    rows per source (the uniform mixture). The caller's model is never touched; with no steps or no data the
+    copy is returned untrained.
     """
     tuned = copy.deepcopy(model)
     if steps == 0 or len(data) == 0:
         return tuned.eval()
-    device = next(tuned.parameters()).device
-    sampler = SourceSampler(data, batch_size, seed=seed, mode=mode)
-    opt = torch.optim.AdamW(
-        [p for p in tuned.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
-    )
-    tuned.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for step in range(steps):
-            batch = {k: v.to(device) for k, v in sampler.next().items()}
-            loss = token_mean_loss(tuned, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if on_step is not None:
-                on_step({"stage": stage, "step": step, "loss": loss.detach().item()})
+    finetune(tuned, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
+             schedule="constant", betas=(0.9, 0.999), grad_clip=None, decay_all=True, mode=mode, stage=stage,
+             on_step=on_step)
     return tuned.eval()

@@ -14,7 +14,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from baselines.base import MethodResult, check_counts, check_positive, normalise
+from baselines.base import MethodResult, check_counts, check_positive
+from solvers.common import normalise
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def temperature_weights(counts: Mapping[str, int], temperature: float) -> dict[s
         raise ValueError("counts are all 0: size-based weights are undefined")
     logs = {name: math.log(counts[name]) / temperature for name in names if counts[name] > 0}
     top = max(logs.values())
-    return normalise({name: math.exp(logs[name] - top) if name in logs else 0.0 for name in names})
+    return normalise({name: math.exp(logs[name] - top) if name in logs else 0.0 for name in names},
+                     when_zero="uniform")
 
 
 def proportional_weights(counts: Mapping[str, int]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Pieces every benchmark script shares: the synthetic batch, the fine-tuning reference, the model, memory probes.
+"""Pieces every benchmark script shares: the size flags, the synthetic batch, the fine-tuning reference, the
+ScaleBiO runner, the model, memory probes.
 
 Benchmarks are scripts (`python benchmarks/bench_x.py`), so this module is imported by its bare name.
 """
@@ -6,10 +7,25 @@ Benchmarks are scripts (`python benchmarks/bench_x.py`), so this module is impor
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
 from solvers.lm import per_example_loss, tiny_llama
+from solvers.scalebio.lisa import Lisa
+from solvers.scalebio.step import init_state, scalebio_step
+
+
+def add_size_args(ap: argparse.ArgumentParser) -> None:
+    """The flags that size the synthetic model and batch (the same defaults in every benchmark, so their numbers
+    compare), and the LISA width."""
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--sources", type=int, default=4)
+    ap.add_argument("--lisa-layers", type=int, default=2)
 
 
 def make_batch(args: argparse.Namespace, seed: int) -> dict[str, torch.Tensor]:
@@ -35,6 +51,27 @@ class FineTune:
         per_example_loss(self.model, batch).mean().backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
+
+
+class ScaleBiO:
+    """One ScaleBiO step (u, w and λ updates) at fixed hyper-parameters, optionally with LISA on u and w.
+
+    ``lora``/``consume`` are passed to :func:`solvers.scalebio.step.init_state`; ``release_state`` to
+    :class:`~solvers.scalebio.lisa.Lisa` (whether frozen blocks give their AdamW moments back).
+    """
+
+    def __init__(self, model: torch.nn.Module, n_sources: int, *, lisa_layers: int | None = None,
+                 lisa_period: int = 20, release_state: bool = True, lora: Any = None, consume: bool = False) -> None:
+        self.state = init_state(model, n_sources, 1e-4, 1e-2, 5e-4, 0.01, lora=lora, consume=consume)
+        self.n_sources, self.t = n_sources, 0
+        self.lisa = (Lisa([self.state.u, self.state.w], lisa_layers, lisa_period, 0, release_state=release_state)
+                     if lisa_layers else None)
+
+    def step(self, batch: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> None:
+        if self.lisa is not None:
+            self.lisa.maybe_redraw(self.t, [self.state.opt_u, self.state.opt_w])
+        scalebio_step(self.state, batch, val, alpha=10.0, lr_model=1e-4, lr_lambda=1e-2, n_sources=self.n_sources)
+        self.t += 1
 
 
 def new_model(args: argparse.Namespace) -> torch.nn.Module:

@@ -30,12 +30,11 @@ from typing import Any
 
 import torch
 from _common import FineTune as _FineTune
-from _common import describe_model, make_batch, new_model, proc_status_bytes, use_model_vocab
+from _common import ScaleBiO as _ScaleBiO
+from _common import add_size_args, describe_model, make_batch, new_model, proc_status_bytes, use_model_vocab
 
 from solvers.memory import MemoryBreakdown, breakdown
-from solvers.scalebio.lisa import Lisa
 from solvers.scalebio.loop import enable_checkpointing
-from solvers.scalebio.step import init_state, scalebio_step
 
 VARIANTS = ("finetune", "scalebio", "scalebio_ckpt", "scalebio_lisa", "scalebio_lisa_keep", "scalebio_lora")
 
@@ -43,13 +42,7 @@ VARIANTS = ("finetune", "scalebio", "scalebio_ckpt", "scalebio_lisa", "scalebio_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="", help="a local Hugging Face causal LM folder instead of the Llama below")
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--sources", type=int, default=4)
-    ap.add_argument("--lisa-layers", type=int, default=2)
+    add_size_args(ap)
     ap.add_argument("--lisa-period", type=int, default=2)
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="steps per variant")
@@ -69,31 +62,22 @@ class FineTune(_FineTune):
         return breakdown([self.model], [self.opt])
 
 
-class ScaleBiO:
+class ScaleBiO(_ScaleBiO):
     """ScaleBiO steps on ``caller``, the loaded model, which u trains in place (``consume=True``)."""
 
     def __init__(self, caller: torch.nn.Module, args: argparse.Namespace, variant: str) -> None:
         lora = None
         if variant == "scalebio_lora":
-            from solvers.scalebio.lora import LoraSpec
+            from solvers.lora import LoraSpec
 
             lora = LoraSpec(r=args.lora_r)
         self.caller = caller
         # as `curate reweight` runs it: u trains the loaded model in place (consume), w is a copy
-        self.state = init_state(caller, args.sources, 1e-4, 1e-2, 5e-4, 0.01, lora=lora, consume=True)
+        super().__init__(caller, args.sources, lisa_layers=args.lisa_layers if variant.startswith("scalebio_lisa")
+                         else None, lisa_period=args.lisa_period, release_state=variant == "scalebio_lisa",
+                         lora=lora, consume=True)
         if variant == "scalebio_ckpt":
             enable_checkpointing(self.state.u, self.state.w)
-        self.n_sources, self.t = args.sources, 0
-        self.lisa = None
-        if variant.startswith("scalebio_lisa"):
-            self.lisa = Lisa([self.state.u, self.state.w], args.lisa_layers, args.lisa_period, 0,
-                             release_state=variant == "scalebio_lisa")
-
-    def step(self, batch: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> None:
-        if self.lisa is not None:
-            self.lisa.maybe_redraw(self.t, [self.state.opt_u, self.state.opt_w])
-        scalebio_step(self.state, batch, val, alpha=10.0, lr_model=1e-4, lr_lambda=1e-2, n_sources=self.n_sources)
-        self.t += 1
 
     def held(self) -> MemoryBreakdown:
         s = self.state

@@ -33,23 +33,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from _common import FineTune, make_batch, new_model, proc_status_bytes
-
-from solvers.scalebio.lisa import Lisa
-from solvers.scalebio.step import init_state, scalebio_step
+from _common import FineTune, ScaleBiO, add_size_args, make_batch, new_model, proc_status_bytes
 
 VARIANTS = ("finetune", "scalebio", "scalebio_lisa")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--sources", type=int, default=4)
-    ap.add_argument("--lisa-layers", type=int, default=2)
+    add_size_args(ap)
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median reported)")
     ap.add_argument("--memory-steps", type=int, default=3, help="steps per memory subprocess")
@@ -63,26 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-class ScaleBiO:
-    """One ScaleBiO step (u, w and λ updates), optionally with LISA on u and w."""
-
-    def __init__(self, model: torch.nn.Module, n_sources: int, lisa_layers: int | None) -> None:
-        self.state = init_state(model, n_sources, 1e-4, 1e-2, 5e-4, 0.01)
-        self.n_sources, self.t = n_sources, 0
-        self.lisa = Lisa([self.state.u, self.state.w], lisa_layers, 20, 0) if lisa_layers else None
-
-    def step(self, batch: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> None:
-        if self.lisa is not None:
-            self.lisa.maybe_redraw(self.t, [self.state.opt_u, self.state.opt_w])
-        scalebio_step(self.state, batch, val, alpha=10.0, lr_model=1e-4, lr_lambda=1e-2,
-                      n_sources=self.n_sources)
-        self.t += 1
-
-
 def build(variant: str, model: torch.nn.Module, args: argparse.Namespace) -> FineTune | ScaleBiO:
     if variant == "finetune":
         return FineTune(model)
-    return ScaleBiO(model, args.sources, args.lisa_layers if variant == "scalebio_lisa" else None)
+    return ScaleBiO(model, args.sources, lisa_layers=args.lisa_layers if variant == "scalebio_lisa" else None)
 
 
 def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:

@@ -1,6 +1,6 @@
 """Atomic writes for curate: a crash never leaves a half-written file or folder that looks complete.
 
-The writer itself is :mod:`solvers._io` (one implementation for the whole project, at the bottom layer so that
+The writer itself is :mod:`solvers.common.io` (one implementation for the whole project, at the bottom layer so that
 solvers, baselines and evals use it too): temporary name in the destination's folder, synced, renamed into place,
 the folder synced after, with the modes the umask gives an ordinary write. This module re-exports it and adds
 :func:`sha256_file`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from solvers._io import atomic_dir, atomic_path, write_bytes, write_json, write_text
+from solvers.common.io import atomic_dir, atomic_path, write_bytes, write_json, write_text
 
 __all__ = ["atomic_dir", "atomic_path", "sha256_file", "write_bytes", "write_json", "write_text"]
 

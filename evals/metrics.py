@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from solvers.common import normalise
+
 # math.exp overflows above ~709.78; a loss that large means the model is broken, and inf says so honestly.
 _MAX_EXP_ARG = 700.0
 
@@ -43,16 +45,9 @@ def mean_by_source(values: Sequence[float], source_ids: Sequence[int], sources: 
 
 
 def normalise_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """Weights rescaled to sum to 1, after checking they are finite, non-negative and not all zero."""
-    if not weights:
-        raise ValueError("weights are empty")
-    for name, w in weights.items():
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"weight of source {name!r} is {w}; weights must be finite and >= 0")
-    total = math.fsum(weights.values())
-    if total <= 0:
-        raise ValueError("weights sum to 0")
-    return {name: w / total for name, w in weights.items()}
+    """Weights rescaled to sum to 1; a mixture compared in a report is never invented, so an empty or all-zero
+    vector is a ``ValueError`` (:func:`solvers.common.normalise` with ``when_zero="raise"``)."""
+    return normalise(weights, when_zero="raise")
 
 
 def weight_entropy(weights: Mapping[str, float]) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
-from solvers._io import write_bytes, write_text
+from solvers.common.io import write_bytes, write_text
 
 SCHEMA_VERSION = 1
 

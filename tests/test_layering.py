@@ -39,3 +39,14 @@ def test_base_install_commands_do_not_import_torch():
             "print('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_solvers_common_does_not_import_torch():
+    """The shared floor (atomic writer, normaliser, top-k, step record) must stay usable by the base install."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import solvers.common, solvers.common.io; "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"

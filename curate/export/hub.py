@@ -10,10 +10,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from curate.errors import ConfigError, CurateError, DataError
+from curate.secrets import scrub
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
-_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{6,}")
-_BEARER = re.compile(r"(?i)(bearer|authorization:?)\s+\S+")
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _OFFLINE_HINT = "set HF_HUB_OFFLINE=0 and check the network, then rerun --push-to-hub"
@@ -66,13 +65,9 @@ def _resolve_token(token: str | None) -> str | None:
         return None
 
 
-def scrub(text: str, secrets: list[str | None]) -> str:
-    """``text`` on one line with every secret, ``hf_...`` token and bearer header replaced by ``***``."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    text = _BEARER.sub(r"\1 ***", _TOKEN_LIKE.sub("hf_***", text))
-    line = " ".join(text.split())
+def _one_line(text: str, secrets: list[str | None]) -> str:
+    """``text`` scrubbed (:func:`curate.secrets.scrub`) and put on one line of at most 300 characters."""
+    line = " ".join(scrub(text, secrets).split())
     return line[:300] + ("..." if len(line) > 300 else "")
 
 
@@ -107,7 +102,7 @@ def _check_folder(folder: Path) -> None:
 def _explain(exc: Exception, repo_id: str, endpoint: str, secrets: list[str | None]) -> CurateError:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    detail = _one_line(f"{type(exc).__name__}: {exc}", secrets)
     if isinstance(exc, OfflineModeIsEnabled):
         return DataError(f"cannot reach the Hugging Face Hub (offline mode); {_OFFLINE_HINT}")
     status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -144,7 +139,7 @@ def push_to_hub(folder: Path | str, repo_id: str, private: bool = False, token: 
     token = _resolve_token(token)
     if not token:
         raise ConfigError("--push-to-hub needs a Hugging Face token; set HF_TOKEN or run `hf auth login`")
-    secrets = [token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    secrets: list[str | None] = [token]  # scrub() adds HF_TOKEN and HUGGING_FACE_HUB_TOKEN itself
     endpoint = _endpoint()
     _check_reachable(endpoint)
 

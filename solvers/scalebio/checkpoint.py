@@ -2,7 +2,7 @@
  The file holds everything a run's future depends on: u, w, λ, the three optimizer states, the step (from
 which the schedule and α stage follow), torch's RNG states, the LISA generator and draw, both samplers' state
 dicts (their numpy generators included) and the trajectory so far. It is written through
-:func:`solvers._io.atomic_path` (a temporary file in the same folder, synced and moved over the old one), so a
+:func:`solvers.common.io.atomic_path` (a temporary file in the same folder, synced and moved over the old one), so a
 crash at any moment leaves either the previous checkpoint or the new one, never a half-written file.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from solvers._io import atomic_path
+from solvers.common.io import atomic_path
 
 FILENAME = "scalebio.pt"
 # Fields that may change between the interrupted and the resumed run without changing its result.

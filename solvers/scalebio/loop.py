@@ -191,7 +191,7 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
 def _lora_spec(cfg: ScaleBiOConfig) -> Any:
     if cfg.lower_level != "lora":
         return None
-    from solvers.scalebio.lora import LoraSpec
+    from solvers.lora import LoraSpec
 
     return LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target,
                     seed=cfg.seed)

@@ -5,33 +5,22 @@ peft LoRA adapters named ``u`` and ``w``. Each of u and w is an :class:`AdapterV
 activates its adapter on the shared model and whose parameters (and state dict) are its adapter's alone, so the
 rest of the solver (step, clipping, optimizers, checkpoints) treats it like a model copy. Both adapters start at
 B = 0, i.e. u = w = base, as the two full copies do. Only adapter weights train: embeddings, norms and head stay
-at the base values. LISA does not combine with it (the authors' code asserts the same).
+at the base values. LISA does not combine with it (the authors' code asserts the same). The adapters are built
+by :func:`solvers.lora.with_adapters` from a :class:`~solvers.lora.LoraSpec`, the settings type LESS uses too.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from solvers.lora import LoraSpec as LoraSpec  # re-exported: the settings type of this lower level
+from solvers.lora import with_adapters
+
 ADAPTERS = ("u", "w")
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """LoRA adapter shape (peft ``LoraConfig`` fields)."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: str = "all-linear"
-    """``"all-linear"`` (every linear layer but the output head) or a comma-separated list of module names."""
-    seed: int = 0
-    """Seeds the random init of the adapters' A matrices."""
 
 
 class AdapterView(nn.Module):
@@ -86,16 +75,7 @@ def _is_adapter_param(name: str, adapter: str) -> bool:
 def lora_pair(model: nn.Module, spec: LoraSpec, consume: bool = False) -> tuple[AdapterView, AdapterView]:
     """u and w over one deep copy of ``model`` (``model`` itself is not modified), or over ``model`` itself
     when ``consume`` (it then gains the adapters in place, and the base is held once, not twice)."""
-    from peft import LoraConfig, get_peft_model
-
-    targets: str | list[str] = (spec.target_modules if spec.target_modules == "all-linear"
-                                else [t.strip() for t in spec.target_modules.split(",") if t.strip()])
-    alpha: Any = spec.alpha  # peft annotates lora_alpha as int; it only divides by r
-    config = LoraConfig(r=spec.r, lora_alpha=alpha, lora_dropout=spec.dropout, target_modules=targets, bias="none")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        shared = get_peft_model(model if consume else copy.deepcopy(model), config, adapter_name=ADAPTERS[0])
-        shared.add_adapter(ADAPTERS[1], config)
+    shared = with_adapters(model, spec, ADAPTERS, consume=consume)
     for name, param in shared.named_parameters():
         param.requires_grad_(_is_adapter_param(name, ADAPTERS[0]) or _is_adapter_param(name, ADAPTERS[1]))
     return AdapterView(shared, ADAPTERS[0]), AdapterView(shared, ADAPTERS[1])

@@ -63,8 +63,3 @@ def surrogate(p: torch.Tensor, lbar_u: torch.Tensor, lbar_w: torch.Tensor, targe
     pd = p.detach()
     return (pd @ lbar_u + target_loss + alpha * (pd @ lbar_w)
             + alpha * (p @ (lbar_w.detach() - lbar_u.detach())))
-
-
-def penalty_gap(p: torch.Tensor, lbar_w: torch.Tensor, lbar_u: torch.Tensor) -> float:
-    """L2(λ, w) − L2(λ, u) on the batch: how far w is, in training loss, from the training-optimal u."""
-    return float(p.detach() @ (lbar_w.detach() - lbar_u.detach()))

@@ -29,7 +29,7 @@ from solvers.scalebio.objective import source_means
 from solvers.scalebio.simplex import weights
 
 if TYPE_CHECKING:
-    from solvers.scalebio.lora import LoraSpec
+    from solvers.lora import LoraSpec
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

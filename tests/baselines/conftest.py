@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from baselines import DoremiConfig, LessConfig, MethodResult, RhoConfig, run
-from baselines.scoring import finetune
+from baselines.scoring import fit_reference
 from solvers.data import TokenizedSet, tokenize_rows
 from solvers.lm import tiny_llama, train_tokenizer
 
@@ -110,7 +110,7 @@ def auroc():
 def train_base(planted: Planted, seed: int = FIXTURE_SEED) -> torch.nn.Module:
     """The base model: a tiny Llama (init ``seed``) pre-trained 30 steps on the planted corpus's clean set."""
     model = tiny_llama(len(planted.tokenizer), hidden=64, layers=2, heads=4, max_len=MAX_LEN, seed=seed)
-    return finetune(model, planted.pretrain, steps=30, lr=3e-3, batch_size=16, seed=seed)
+    return fit_reference(model, planted.pretrain, steps=30, lr=3e-3, batch_size=16, seed=seed)
 
 
 @pytest.fixture(scope="session")

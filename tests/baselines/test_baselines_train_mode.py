@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from baselines import DoremiConfig, LessConfig, RhoConfig, run
-from baselines.scoring import finetune
+from baselines.scoring import fit_reference
 
 transformers = pytest.importorskip("transformers")
 
@@ -58,7 +58,7 @@ def assert_untouched(model: nn.Module, calls: list[dict]) -> None:
 
 def test_reference_finetune_trains_in_train_mode(planted, setup):
     model, calls = setup
-    tuned = finetune(model, planted.pretrain, steps=3, lr=1e-3, batch_size=8, seed=0)
+    tuned = fit_reference(model, planted.pretrain, steps=3, lr=1e-3, batch_size=8, seed=0)
     assert len(calls) == 3 and all(train_mode(c) and c["grad"] for c in calls), calls
     assert not tuned.training
     assert_untouched(model, calls)

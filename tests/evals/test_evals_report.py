@@ -7,7 +7,7 @@ import pytest
 
 from evals import plots, report
 from evals.report import build_summary, headline, rich_table, table_rows, validate_results, write_report
-from solvers import _io
+from solvers.common import io as _io
 
 SOURCES = ["clean", "noisy", "offtask"]
 

@@ -34,7 +34,7 @@ def test_same_seed_same_parameters_and_rng_untouched(copy_task, make_model):
 def test_history_and_callback(copy_task, make_model):
     seen = []
     _, h = _run(copy_task, make_model, seed=0, steps=5,
-                on_step=lambda step, metrics: seen.append((step, metrics["loss"])))
+                on_step=lambda record: seen.append((record["step"], record["loss"])))
     assert set(h) == {"loss", "lr", "grad_norm", "n_tokens"}
     assert all(len(v) == 5 for v in h.values())
     assert seen == list(enumerate(h["loss"]))

@@ -1,4 +1,4 @@
-"""The project's one atomic writer (solvers._io): umask modes, sync order, nothing half-written left behind."""
+"""The project's one atomic writer (solvers.common.io): umask modes, sync order, nothing half-written left behind."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from solvers import _io
+from solvers.common import io as _io
 
 
 def mode(path: Path) -> int:

@@ -105,7 +105,7 @@ def test_finetune_trains_in_train_mode_and_restores_the_mode(sets, arithmetic_to
 def test_finetune_restores_the_mode_after_a_failure(sets, arithmetic_tokenizer):
     model = dropout_gpt2(len(arithmetic_tokenizer))
 
-    def fail(step, metrics):
+    def fail(record):
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):

@@ -10,8 +10,8 @@ files get ``0o666 & ~umask`` and folders ``0o777 & ~umask`` (0644 and 0755 under
 read afresh on every write. Everything a library wrote inside a temporary folder is brought to the same modes
 (safetensors, for one, writes 0600 files).
 
-Used by every package (solvers, baselines, evals and curate through ``curate.io``); it imports neither torch nor
-any other package of the project.
+Used by every package (solvers, baselines, evals and curate through ``curate.io``); like the rest of
+:mod:`solvers.common` it imports neither torch nor any other package of the project.
 """
 
 from __future__ import annotations
