@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from curate.corpus import Rows, _rows
+from curate import methods
+from curate.corpus import Rows, load_split, read_parquet_rows
 from curate.db import open_db
 from curate.errors import ConfigError
 from curate.io import write_json
 from curate.modeling import TinyModel, load_model, save_base, tokenize
-from curate.pipeline import METHODS, ReweightSettings, reweight
+from curate.pipeline import job_for, reweight
+from curate.runs import CompareFolder, RunFolder
+from curate.settings import ReweightSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("uniform", "temperature", "less", "rho", "doremi", "scalebio")
 
@@ -56,37 +62,38 @@ class CompareSettings:
     recipe: Recipe = field(default_factory=Recipe)
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in methods.METHODS]
         if bad:
-            raise ValueError(f"--methods: {bad[0]!r} is not one of {', '.join(METHODS)}")
+            raise ValueError(f"--methods: {bad[0]!r} is not one of {', '.join(methods.names())}")
         if self.seeds < 1 or self.budget < 1:
             raise ValueError("--seeds and --budget must be >= 1")
 
 
-Log = Callable[[str], None]
-
-
-def compare(db: Path, settings: CompareSettings, out_dir: Path, *, log: Log = print,
+def compare(db: Path, settings: CompareSettings, out_dir: Path, *,
             on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the comparison and write the report; returns the results dict given to the report."""
+    """Run (or resume) the comparison and write the report; returns the results dict given to the report.
+
+    Progress goes to the ``curate.compare`` logger (one line per cell)."""
     from evals.report import write_report
 
+    folder = CompareFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = _jsonable(settings)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    write_json(out_dir / "compare_config.json", {**config, "config_hash": config_hash})
+    write_json(folder.config, {**config, "config_hash": config_hash})
     test = _eval_rows(db, settings.eval_split)
     arms = list(settings.methods) + (["oracle"] if settings.oracle else [])
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in arms}
     for seed in range(settings.seeds):
-        base, max_len = _base_model(db, settings, out_dir, seed)
+        base, max_len = _base_model(db, settings, folder.base(seed), seed)
         for arm in arms:
-            cell = out_dir / "cells" / f"{arm}-seed{seed}.json"
+            cell = folder.cell(arm, seed)
             done = json.loads(cell.read_text()) if cell.exists() else {}
             if done.get("config_hash") != config_hash:  # a finished cell is reused only under the same settings
-                log(f"seed {seed}: {arm}")
+                log.info("seed %d: %s", seed, arm)
                 resolved = replace(settings, reweight=replace(settings.reweight, max_len=max_len))
-                done = {**_run_cell(db, resolved, arm, seed, base, test, out_dir, on_step),
+                done = {**_run_cell(db, resolved, arm, seed, base, test, folder.run(arm, seed),
+                                  folder.run_id(arm, seed), on_step),
                         "config_hash": config_hash}
                 write_json(cell, done)
             results[arm].append({k: v for k, v in done.items() if k != "config_hash"})
@@ -100,48 +107,46 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, log: Log = pr
 
 def _eval_rows(db: Path, split: str) -> Rows:
     with open_db(db, read_only=True) as con:
-        rows = _rows(con, "split = ?", [split])
+        rows = load_split(con, split)
     if len(rows) == 0:
         raise ConfigError(f"--eval-split: no {split!r} rows stored; ingest held-out target rows with --split {split}")
     return rows
 
 
-def _base_model(db: Path, settings: CompareSettings, out_dir: Path, seed: int) -> tuple[Path, int]:
+def _base_model(db: Path, settings: CompareSettings, dest: RunFolder, seed: int) -> tuple[Path, int]:
     """One saved base model per seed (built from --model), shared by every arm, and the ``max_len`` every arm's
     reweight, fine-tune and evaluation use (``auto`` resolved once, on the same rows reweight sees)."""
     from curate.corpus import load_pool_and_target
     from curate.modeling import load_tokenizer, max_positions
     from curate.tokens import resolve_max_len
 
-    dest = out_dir / "base" / f"seed{seed}"
     rw = settings.reweight
     tiny = TinyModel(**rw.tiny) if rw.tiny else TinyModel()
     with open_db(db, read_only=True) as con:
         pool, target = load_pool_and_target(con, rw.target)
-    built = (dest / "base_model" / "config.json").exists()
-    spec = str(dest / "base_model") if built else rw.model
+    built = (dest.base_model / "config.json").exists()
+    spec = str(dest.base_model) if built else rw.model
     tok = load_tokenizer(spec, [pool, target], rw.template, tiny)
     max_len, _ = resolve_max_len(rw.max_len, tok, pool, target, rw.template, max_positions(spec))
     if built:
-        return dest / "base_model", max_len
+        return dest.base_model, max_len
     model = load_model(rw.model, tok, seed=seed, max_len=max_len, tiny=tiny)
-    return save_base(dest, model, tok), max_len
+    return save_base(dest.root, model, tok), max_len
 
 
-def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, out_dir: Path,
-              on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, run: RunFolder,
+              run_id: str, on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     start = time.perf_counter()
-    run_dir = out_dir / "runs" / f"{arm}-seed{seed}"
     if arm == "oracle":
-        run_dir.mkdir(parents=True, exist_ok=True)
-        weights, trajectory = _oracle(db, settings.oracle or "", run_dir, settings.budget, seed), None
+        run.root.mkdir(parents=True, exist_ok=True)
+        weights, trajectory = _oracle(db, settings.oracle or "", run, settings.budget, seed), None
     else:
         rw = replace(settings.reweight, method=arm, seed=seed, model=str(base), budget=settings.budget)
-        outcome = reweight(db, rw, run_dir, on_step=on_step)
-        weights = outcome.weights
-        trajectory = _trajectory(run_dir) if arm == "scalebio" else None
+        outcome = reweight(job_for(db, rw, run.root, run_id), on_step=on_step)
+        weights = outcome.weights if outcome is not None else {}  # one process: always the writer
+        trajectory = _trajectory(run) if arm == "scalebio" else None
     method_s = time.perf_counter() - start
-    metrics, tokens = _train_and_eval(settings, base, run_dir, test, seed)
+    metrics, tokens = _train_and_eval(settings, base, run, test, seed)
     cell = {"seed": seed, "weights": weights, "metrics": metrics,
             "cost": {"wall_s": round(time.perf_counter() - start, 2), "method_s": round(method_s, 2),
                      "tokens": tokens}}
@@ -150,21 +155,24 @@ def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Pa
     return cell
 
 
-def _oracle(db: Path, source: str, run_dir: Path, budget: int, seed: int) -> dict[str, float]:
+def _oracle(db: Path, source: str, run: RunFolder, budget: int, seed: int) -> dict[str, float]:
+    from curate.db import data_fingerprint, sources_in
     from curate.resample import resample
+    from curate.weights import build_weights_doc, write_weights
 
     with open_db(db, read_only=True) as con:
-        known = [r[0] for r in con.execute("SELECT DISTINCT source FROM examples WHERE split='train'").fetchall()]
-        if source not in known:
-            raise ConfigError(f"--oracle: {source!r} is not a training source ({', '.join(sorted(known))})")
-        weights = {s: (1.0 if s == source else 0.0) for s in sorted(known)}
-        write_json(run_dir / "weights.json", {"method": "oracle", "sources": weights})
-        resample(con, run_dir, budget=budget, seed=seed)
+        counts = sources_in(con, "train")
+        if source not in counts:
+            raise ConfigError(f"--oracle: {source!r} is not a training source ({', '.join(sorted(counts))})")
+        weights = {s: (1.0 if s == source else 0.0) for s in sorted(counts)}
+        write_weights(run.weights, build_weights_doc("oracle", weights, counts=counts, target=source,
+                                                     config_hash="", data_fingerprint=data_fingerprint(con)))
+        resample(con, run.root, budget=budget, seed=seed)
     return weights
 
 
-def _trajectory(run_dir: Path) -> list[dict[str, Any]] | None:
-    path = run_dir / "trajectory.parquet"
+def _trajectory(run: RunFolder) -> list[dict[str, Any]] | None:
+    path = run.trajectory
     if not path.exists():
         return None
     import pyarrow.parquet as pq
@@ -174,9 +182,8 @@ def _trajectory(run_dir: Path) -> list[dict[str, Any]] | None:
     return [{k: v for k, v in r.items() if k == "step" or k.startswith("p_")} for r in rows[::keep]]
 
 
-def _train_and_eval(settings: CompareSettings, base: Path, run_dir: Path, test: Rows,
+def _train_and_eval(settings: CompareSettings, base: Path, run: RunFolder, test: Rows,
                     seed: int) -> tuple[dict[str, float], int]:
-    import pyarrow.parquet as pq
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from curate.modeling import quiet_hf
@@ -189,9 +196,7 @@ def _train_and_eval(settings: CompareSettings, base: Path, run_dir: Path, test: 
     max_len = int(rw.max_len)  # compare() resolved auto before the cells ran
     tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
     model: Any = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
-    table = pq.read_table(run_dir / "data" / "part-00000.parquet", columns=["example_id", "source", "prompt",
-                                                                          "response"]).to_pydict()
-    train_rows = Rows(table["example_id"], table["source"], table["prompt"], table["response"])
+    train_rows = read_parquet_rows(run.data_files())
     sources = sorted(set(train_rows.sources))
     data = tokenize(train_rows, tok, sources, max_len, rw.template, rw.truncation)
     model, history = finetune(model, data, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size,

@@ -136,11 +136,17 @@ def quiet_hf() -> None:
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-def save_base(run_dir: Path, model: Any, tokenizer: Any, name: str = "base_model") -> Path:
-    """Save a model and its tokenizer as ``run_dir/name`` (the untrained base by default; compare starts from it).
+def save_base(run_dir: Path, model: Any, tokenizer: Any) -> Path:
+    """Save the untrained base model and its tokenizer into the run folder (a resumed run and compare start from
+    it); returns the folder."""
+    from curate.runs import RunFolder
 
-    Written as one folder atomically, with umask modes (safetensors alone would leave the weights 0600)."""
-    dest = run_dir / name
+    return save_pretrained(RunFolder(run_dir).base_model, model, tokenizer)
+
+
+def save_pretrained(dest: Path, model: Any, tokenizer: Any) -> Path:
+    """Save a model and its tokenizer as the folder ``dest``, atomically and with umask modes (safetensors alone
+    would leave the weights 0600)."""
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

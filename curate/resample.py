@@ -18,11 +18,9 @@ import pyarrow as pa
 from curate.db import data_fingerprint, sources_in
 from curate.errors import DataError
 from curate.io import atomic_dir, sha256_file, write_bytes
-from curate.runs import update_manifest
+from curate.runs import RunFolder, update_manifest
 from curate.sampling import allocate, draw
 from curate.weights import read_weights, validate_weights
-
-COLUMNS = ("source", "example_id", "draw", "split", "prompt", "response", "text", "messages", "content_hash")
 
 
 @dataclass
@@ -50,17 +48,18 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
     if run_dir is None:
         raise DataError(f"{wpath}: a bare weights file needs --out DIR for the resampled data")
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(run_dir)
     if run_dir.resolve() != wpath.parent.resolve():
-        write_bytes(run_dir / "weights.json", wpath.read_bytes())
+        write_bytes(run.weights, wpath.read_bytes())
     alloc = allocate(weights, budget, {s: available.get(s, 0) for s in weights}, max_epochs)
     ids = _ids_by_source(con, [s for s, k in alloc.items() if k > 0], split)
-    scores = _scores(run_dir, ids)
+    scores = _scores(run, ids)
     srcs, exs, draws = draw(ids, alloc, seed, scores)
     files = _write(con, run_dir, srcs, exs, draws, split)
     repeats = {s: (alloc[s] / available[s] if available.get(s) else 0.0) for s in alloc}
     update_manifest(
         run_dir, kind="resample", budget=budget, seed=seed, max_epochs=max_epochs, split=split,
-        input_fingerprint={"weights_sha256": sha256_file(run_dir / "weights.json"),
+        input_fingerprint={"weights_sha256": sha256_file(run.weights),
                            "data": data_fingerprint(con, sorted(weights))},
         weights_method=doc.get("method"), allocation=alloc, available={s: available.get(s, 0) for s in alloc},
         repeats=repeats, rows=len(exs), scored=scores is not None,
@@ -77,8 +76,8 @@ def _ids_by_source(con: duckdb.DuckDBPyConnection, sources: list[str], split: st
     return {s: list(v) for s, v in rows}
 
 
-def _scores(run_dir: Path, ids: dict[str, list[str]]) -> dict[str, np.ndarray] | None:
-    path = run_dir / "scores.parquet"
+def _scores(run: RunFolder, ids: dict[str, list[str]]) -> dict[str, np.ndarray] | None:
+    path = run.scores
     if not path.exists():
         return None
     con = duckdb.connect()
@@ -96,7 +95,7 @@ def _write(con: duckdb.DuckDBPyConnection, run_dir: Path, srcs: list[str], exs: 
                       "draw": pa.array(draws, pa.int32())})
     con.register("_curate_picks", picks)
     try:
-        with atomic_dir(run_dir / "data") as tmp:
+        with atomic_dir(RunFolder(run_dir).data) as tmp:
             out = str(tmp / "part-00000.parquet").replace("'", "''")
             con.execute(
                 f"""COPY (SELECT e.source, p.example_id, p.draw, e.split, e.prompt, e.response, e.text, e.messages,
@@ -106,4 +105,4 @@ def _write(con: duckdb.DuckDBPyConnection, run_dir: Path, srcs: list[str], exs: 
             )
     finally:
         con.unregister("_curate_picks")
-    return sorted((run_dir / "data").glob("*.parquet"))
+    return RunFolder(run_dir).data_files()

@@ -17,6 +17,7 @@ from typing import Any
 from curate import __version__
 from curate.errors import DataError
 from curate.io import write_json
+from solvers.common import normalise as _normalise
 
 TOLERANCE = 1e-6
 
@@ -49,12 +50,16 @@ def validate_weights(weights: Mapping[str, float], known: set[str] | None = None
 def normalise(weights: Mapping[str, float]) -> dict[str, float]:
     """Scale non-negative weights to sum to 1, so a method's float rounding never fails validation.
 
-    Kept torch-free here (the base install validates weights too); the methods have their own twins.
+    :func:`solvers.common.normalise` refusing an all-zero vector (a weights file must not invent a mixture),
+    with its complaint as a :class:`DataError` so the CLI reports it like every other bad-weights problem.
+
+    Raises:
+        DataError: empty, negative, non-finite or all-zero weights.
     """
-    total = float(sum(weights.values()))
-    if total <= 0:
-        raise DataError("weights: all zero; at least one source needs a positive weight")
-    return {k: float(v) / total for k, v in weights.items()}
+    try:
+        return _normalise(weights, when_zero="raise")
+    except ValueError as e:
+        raise DataError(f"weights: {e}") from None
 
 
 def build_weights_doc(method: str, weights: Mapping[str, float], *, counts: Mapping[str, int],
@@ -85,7 +90,9 @@ def read_weights(path_or_run: Path) -> tuple[Path, dict]:
     Raises:
         DataError: missing, not JSON, or invalid weights.
     """
-    path = path_or_run / "weights.json" if path_or_run.is_dir() else path_or_run
+    from curate.runs import RunFolder
+
+    path = RunFolder(path_or_run).weights if path_or_run.is_dir() else path_or_run
     if not path.exists():
         raise DataError(f"{path}: no weights.json; pass a run folder from `curate reweight` or a weights file")
     try:

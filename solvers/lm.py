@@ -242,10 +242,10 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
     return best
 
 
-def tiny_llama(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, max_len: int = 256,
-               seed: int = 0, pad_id: int = 0, eos_id: int = 1) -> nn.Module:
-    """A small random-init Llama for tests and the demo (no download), deterministic for a given seed."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, max_len: int = 256,
+                      pad_id: int = 0, eos_id: int = 1) -> Any:
+    """The ``LlamaConfig`` of :func:`tiny_llama` (the memory plan reads the shape from it without building)."""
+    from transformers import LlamaConfig
 
     cfg = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
@@ -253,6 +253,15 @@ def tiny_llama(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int =
         pad_token_id=pad_id, bos_token_id=eos_id, eos_token_id=eos_id, tie_word_embeddings=False,
     )
     cfg._attn_implementation = "eager"
+    return cfg
+
+
+def tiny_llama(vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, max_len: int = 256,
+               seed: int = 0, pad_id: int = 0, eos_id: int = 1) -> nn.Module:
+    """A small random-init Llama for tests and the demo (no download), deterministic for a given seed."""
+    from transformers import LlamaForCausalLM
+
+    cfg = tiny_llama_config(vocab_size, hidden, layers, heads, max_len, pad_id, eos_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(cfg)

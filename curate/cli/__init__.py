@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import typer
 
-from curate.cli import _common
-
 app = typer.Typer(
     name="curate",
     help="Learn which training data an LLM should see: per-source weights (ScaleBiO) and baselines, compared "
@@ -21,10 +19,18 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    from curate.cli import compare, demo, export, ingest, resample, reweight, sources
+@app.callback()
+def _setup() -> None:
+    # logging is configured here, once per command; --quiet and --json-logs refine it (curate.logs)
+    from curate.logs import setup_logging
 
-    for mod in (ingest, sources, reweight, resample, export, compare, demo):
+    setup_logging(quiet=False, json_logs=False)
+
+
+def _register() -> None:
+    from curate.cli import compare, demo, export, ingest, resample, reweight, runs, sources
+
+    for mod in (ingest, sources, reweight, resample, export, compare, demo, runs):
         mod.register(app)
 
 
@@ -33,4 +39,4 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
-    _common.run_app(app)
+    app()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,6 +12,7 @@ import typer
 from rich.console import Console
 
 from curate.errors import CurateError
+from curate.logs import setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,7 +23,24 @@ Db = Annotated[Path, typer.Option("--db", help="DuckDB file (created if missing)
 Out = Annotated[Path | None, typer.Option("--out", help="Folder to write (default: a new folder under runs/).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed and input give the same output.")]
 ConfigPath = Annotated[Path | None, typer.Option("--config", help="YAML config; trailing key=value overrides it.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the final path.")]
+
+
+def _quiet(value: bool) -> bool:
+    if value:
+        setup_logging(quiet=True)
+    return value
+
+
+def _json_logs(value: bool) -> bool:
+    if value:
+        setup_logging(json_logs=True)
+    return value
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors, warnings and the final path.",
+                                     callback=_quiet)]
+JsonLogs = Annotated[bool, typer.Option("--json-logs", help="Log (and report each step) as one JSON line on stderr.",
+                                        callback=_json_logs)]
 
 DEFAULT_DB = Path("curate.duckdb")
 
@@ -59,14 +75,3 @@ def _scrub(text: str) -> str:
     from curate.secrets import scrub
 
     return scrub(text)
-
-
-def setup_logging(quiet: bool) -> None:
-    """Library logs go to stderr; ``--quiet`` keeps only warnings."""
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
-                        force=True)
-
-
-def run_app(app: typer.Typer) -> None:
-    """Entry point wrapper (kept separate so tests can call the Typer app directly)."""
-    app()

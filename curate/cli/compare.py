@@ -11,8 +11,8 @@ from curate.cli._common import DEFAULT_DB, ConfigPath, Db, Out, Quiet, guarded, 
 from curate.compare import DEFAULT_METHODS, CompareSettings, Recipe
 from curate.compare import compare as run_compare
 from curate.config import build, load_config
-from curate.pipeline import settings_from
 from curate.runs import safe_out_dir
+from curate.settings import settings_from
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +38,7 @@ def compare(
     settings = settings_for(load_config(config, overrides or []), methods, budget, seeds, target, eval_split, model,
                             oracle)
     dest = safe_out_dir(out_dir, "compare")
-    report = run_compare(db, settings, dest, log=(lambda m: None) if quiet else (lambda m: out.print(f"[dim]{m}[/]")))
+    report = run_compare(db, settings, dest)
     print_summary(report, title="curate compare", report_path=dest / "report.html")
 
 

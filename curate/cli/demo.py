@@ -41,7 +41,6 @@ def demo(
     if not quiet:
         out.print(report_table(reports, db))
     settings = settings_for(copy.deepcopy(DEMO_CONFIG), methods, DEMO_BUDGET, seeds, "val", "test", "tiny", "arith")
-    say = (lambda m: None) if quiet else (lambda m: out.print(f"[dim]{m}[/]"))
-    report = compare(db, settings, out_dir / "compare", log=say)
+    report = compare(db, settings, out_dir / "compare")
     print_summary(report, f"demo: 2-term arithmetic after fine-tuning on each method's {DEMO_BUDGET} rows",
                   out_dir / "compare" / "report.html")

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import DataError
 from curate.io import sha256_file
+from curate.runs import RunFolder
 
 # Columns the export itself needs; every other column of the resampled data is passed through unchanged.
 REQUIRED_COLUMNS = ("source", "example_id", "draw")
@@ -83,14 +84,15 @@ def open_run(run_dir: Path | str, *, messages: bool = False) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir} is not a folder; pass a run folder written by `curate reweight`")
-    weights = _read_json(run_dir / "weights.json", "pass a run folder written by `curate reweight`")
-    data_dir = run_dir / "data"
-    parts = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
+    run = RunFolder(run_dir)
+    weights = _read_json(run.weights, "pass a run folder written by `curate reweight`")
+    data_dir = run.data
+    parts = run.data_files()
     if not parts:
         raise DataError(
             f"{run_dir} has no resampled data ({data_dir} is empty or missing); {_resample_hint(run_dir)}"
         )
-    manifest = _read_json(run_dir / "manifest.json", f"{_resample_hint(run_dir)} again")
+    manifest = _read_json(run.manifest, f"{_resample_hint(run_dir)} again")
     outputs = manifest.get("outputs") or {}
     _check_against_manifest(run_dir, parts, outputs if isinstance(outputs, dict) else {})
 

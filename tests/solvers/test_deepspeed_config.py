@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import ConfigError
-from curate.pipeline import check_deepspeed_config, read_deepspeed_config
+from curate.launch import check_deepspeed_config, read_deepspeed_config
 from solvers.distributed import engine_config
 from solvers.scalebio import ScaleBiOConfig
 
@@ -121,7 +121,7 @@ def test_the_file_needs_the_launcher(tmp_path, monkeypatch):
 @has_deepspeed
 def test_a_conflicting_key_is_refused_before_any_rank_starts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("curate.cli.reweight._launch", lambda *a: pytest.fail("a rank was started"))
+    monkeypatch.setattr("curate.launch.spawn", lambda *a: pytest.fail("a rank was started"))
     (tmp_path / "ds.yaml").write_text(yaml.safe_dump({"train_batch_size": 32, "zero_optimization": {"stage": 2}}))
     line = one_error_line(reweight(tmp_path, "--deepspeed-config", "ds.yaml", "batch_size=6"),
                           "--deepspeed-config: ds.yaml:", "'train_batch_size' is 32 but curate sets 6")
@@ -132,7 +132,7 @@ def test_a_conflicting_key_is_refused_before_any_rank_starts(tmp_path, monkeypat
 def test_a_good_file_reaches_the_launch(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     launched = []
-    monkeypatch.setattr("curate.cli.reweight._launch", lambda nproc, run_dir: launched.append(nproc) or 0)
+    monkeypatch.setattr("curate.launch.spawn", lambda nproc, run_dir: launched.append(nproc) or 0)
     (tmp_path / "ds.yaml").write_text(yaml.safe_dump(OFFLOAD))
     res = reweight(tmp_path, "--deepspeed-config", "ds.yaml", "--zero", "2")
     assert res.exit_code == 0 and launched == [2], res.output

@@ -1,0 +1,195 @@
+"""Where a run executes: the device, the process launcher and this process's rank. The only module that reads
+torchrun's environment or starts processes.
+
+``--launcher deepspeed --nproc N`` re-runs the same command on N ranks under torchrun: the parent checks
+everything first (a bad flag or DeepSpeed file costs one line and no processes), picks the run folder and waits;
+every rank trains; rank 0 alone writes the run folder and the database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.errors import ConfigError
+
+LAUNCHERS = ("none", "deepspeed")
+_RUN_DIR_ENV = "CURATE_RUN_DIR"
+_ARGV_ENV = "CURATE_RANK_ARGV"
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a torchrun job (rank 0 of 1 outside one)."""
+
+    rank: int = 0
+    world: int = 1
+    in_job: bool = False
+    """Started by torchrun (``LOCAL_RANK`` set)."""
+    run_dir: Path | None = None
+    """The run folder the launching parent chose (every rank writes or reads the same one)."""
+
+    @property
+    def writer(self) -> bool:
+        """Only rank 0 writes files, the database and the summary."""
+        return self.rank == 0
+
+
+def current_rank() -> Rank:
+    """Read torchrun's environment once."""
+    env = os.environ
+    run_dir = env.get(_RUN_DIR_ENV)
+    return Rank(rank=int(env.get("RANK", "0")), world=int(env.get("WORLD_SIZE", "1")), in_job="LOCAL_RANK" in env,
+                run_dir=Path(run_dir) if run_dir else None)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How ``curate reweight`` runs: in this process, or as ranks of a DeepSpeed job."""
+
+    launcher: str = "none"
+    nproc: int = 1
+    zero_stage: int | None = None
+    ds_config: dict[str, Any] | None = None
+    rank: Rank = Rank()
+
+    @property
+    def distributed(self) -> bool:
+        return self.zero_stage is not None
+
+    @property
+    def is_parent(self) -> bool:
+        """The process the user started, which launches the ranks and waits for them."""
+        return self.distributed and not self.rank.in_job
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``device=`` that is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (before anything runs)."""
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise ValueError(f"device: {device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``; an explicit GPU must exist."""
+    if device == "cpu":
+        return device
+    try:
+        import torch
+    except ImportError:
+        if device == "auto":
+            return "cpu"
+        raise ConfigError(f"device={device}: torch is not installed; pip install 'curate[train]'") from None
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={device}: torch sees no GPU here; use device=cpu (or install a CUDA build of torch)")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device}: only {torch.cuda.device_count()} GPU(s) visible; use cuda:0")
+    return device
+
+
+def plan_launch(launcher: str, *, method: Any, cfg: Any, resume: bool, ingest: bool, zero: int | None, nproc: int,
+                ds_config_path: Path | None) -> Launch:
+    """Check ``--launcher`` and its flags against the method and the rest of the command.
+
+    ``method`` is the registry entry (:class:`curate.methods.Method`). The DeepSpeed file is read before deepspeed
+    is looked for (a bad path needs no extras) and checked against curate's settings before any rank starts.
+
+    Raises:
+        ConfigError: naming the flag and the fix.
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher: {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if launcher == "none":
+        for flag, given in (("--zero", zero is not None), ("--deepspeed-config", ds_config_path is not None),
+                            ("--nproc", nproc != 1)):
+            if given:
+                raise ConfigError(f"{flag}: needs --launcher deepspeed")
+        return Launch(rank=current_rank())
+    if not method.distributed:
+        raise ConfigError(f"--launcher deepspeed: runs --method scalebio only, not {method.name}")
+    if resume:
+        raise ConfigError("--launcher deepspeed: --resume is not supported (the engine writes no checkpoints)")
+    if ingest:
+        raise ConfigError("--launcher deepspeed: ingest the data files first (`curate ingest`), then reweight")
+    if nproc < 1:
+        raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if zero is not None and zero not in (2, 3):
+        raise ConfigError(f"--zero: {zero} is not 2 or 3")
+    user = read_deepspeed_config(ds_config_path) if ds_config_path is not None else None
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("--launcher deepspeed: deepspeed is not installed; pip install 'curate[deepspeed]'")
+    stage = check_deepspeed_config(user, ds_config_path, cfg, nproc, zero)
+    return Launch(launcher, nproc, stage, user, current_rank())
+
+
+def read_deepspeed_config(path: Path) -> dict[str, Any]:
+    """``--deepspeed-config``: a DeepSpeed config file (``.json`` as JSON, anything else as YAML), read here
+    without importing deepspeed so that a bad file is reported before any rank starts."""
+    import yaml
+
+    where = f"--deepspeed-config: {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read ({e.strerror or e}); pass a DeepSpeed JSON or YAML file") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise ConfigError(f"{where} is not valid {kind} ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping of DeepSpeed keys (e.g. zero_optimization)")
+    return data
+
+
+def check_deepspeed_config(user: dict[str, Any] | None, path: Path | None, cfg: Any, nproc: int,
+                           zero: int | None) -> int:
+    """The ZeRO stage to run (``--zero``, else the file's ``zero_optimization.stage``, else 2), after building
+    an engine config once, so that a key curate owns is refused in the parent, naming the file and key."""
+    from solvers.distributed import engine_config, zero_stage_of
+
+    where = f"--deepspeed-config: {path}: " if path is not None else "--zero: "
+    try:
+        stage = zero_stage_of(user, zero)
+        if stage not in (2, 3):
+            raise ValueError(f"ZeRO stage {stage} is not 2 or 3 (zero_optimization.stage or --zero)")
+        engine_config(user, micro_batch=math.ceil(cfg.batch_size / nproc), world=nproc, grad_clip=cfg.grad_clip,
+                      zero_stage=stage)
+    except ValueError as e:
+        raise ConfigError(f"{where}{e}") from None
+    return stage
+
+
+def spawn(nproc: int, run_dir: Path) -> int:
+    """Re-run this command on ``nproc`` ranks under torchrun (rank 0 writes ``run_dir``); its exit code."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the command's arguments travel in the environment: torchrun's own parser would take e.g. --nproc for its own
+    env = {**os.environ, _RUN_DIR_ENV: str(run_dir), _ARGV_ENV: json.dumps(sys.argv[1:])}
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "--no-python", sys.executable, "-c",
+           f"import json, os, sys; sys.argv[1:] = json.loads(os.environ['{_ARGV_ENV}']); "
+           "from curate.cli import main; main()"]
+    return subprocess.run(cmd, env=env).returncode

@@ -1,0 +1,27 @@
+"""The registry's adapter for every method of the ``baselines`` package (uniform ... DoReMi).
+
+The baselines take plain data and return :class:`baselines.MethodResult`; this turns their inputs and result into
+curate's typed ones, and their ``ValueError`` into a one-line :class:`~curate.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from curate.errors import ConfigError
+from curate.methods.base import FitInputs, FitResult, TrajectoryRow
+
+
+def fit(inputs: FitInputs) -> FitResult:
+    """Run the baseline ``inputs.method`` on the pool (and, for model-based ones, the model and tokenized sets)."""
+    from baselines import run
+
+    counts = inputs.counts
+    if inputs.train is not None:  # label-less rows were dropped: weigh what is left
+        counts = {s: int(n) for s, n in zip(inputs.train.sources, inputs.train.counts(), strict=True)}
+    try:
+        res = run(inputs.method, inputs.cfg, counts=counts, model=inputs.model, train=inputs.train,
+                  target=inputs.target_set, on_step=inputs.on_step)
+    except (ValueError, FloatingPointError) as e:  # a bad setting, or a reference model's loss going NaN
+        raise ConfigError(f"{inputs.method}: {e}") from None
+    trajectory = [TrajectoryRow.from_record(r) for r in res.trajectory or []]
+    return FitResult(weights=dict(res.weights), scores=res.scores, selected=res.selected, trajectory=trajectory,
+                     diagnostics=dict(res.info))
