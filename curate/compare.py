@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from typing import Any
 from curate import methods
 from curate.corpus import Rows, load_split, read_parquet_rows
 from curate.db import open_db
-from curate.errors import ConfigError
+from curate.errors import ConfigError, CurateError, DataError
 from curate.io import write_json
 from curate.modeling import TinyModel, load_model, save_base, tokenize
 from curate.pipeline import job_for, reweight
@@ -45,8 +46,14 @@ class Recipe:
     max_new_tokens: int = 8
 
     def __post_init__(self) -> None:
+        from evals.extract import RULES
+
         if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ValueError("recipe steps, batch_size and lr must be > 0")
+        if self.eval_rule not in RULES:
+            raise ValueError(f"recipe.eval_rule: {self.eval_rule!r} is not one of {', '.join(RULES)}")
+        if self.eval_limit < 1 or self.max_new_tokens < 1:
+            raise ValueError("recipe.eval_limit and recipe.max_new_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class CompareSettings:
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     seeds: int = 3
+    seed: int = 0
+    """The first seed; the seeds run are ``seed .. seed + seeds - 1``."""
     budget: int = 1000
     oracle: str | None = None
     eval_split: str = "test"
@@ -67,6 +76,27 @@ class CompareSettings:
             raise ValueError(f"--methods: {bad[0]!r} is not one of {', '.join(methods.names())}")
         if self.seeds < 1 or self.budget < 1:
             raise ValueError("--seeds and --budget must be >= 1")
+        self.check_methods()
+
+    def check_methods(self) -> None:
+        """Build every method's config now, so a bad key stops compare before the first arm trains.
+
+        Raises:
+            ConfigError: a top-level ``steps`` or method key (compare runs several methods, so each key must
+                name its method), or a key a method does not have.
+        """
+        from curate.settings import method_config
+
+        rw = self.reweight
+        if rw.steps is not None:
+            keys = ", ".join(f"{m.name}.{m.step_key}" for m in methods.METHODS.values() if m.step_key)
+            raise ConfigError(f"steps={rw.steps}: compare runs several methods; give each its own ({keys})")
+        if rw.method_args:
+            key = next(iter(rw.method_args))
+            raise ConfigError(f"{key}={rw.method_args[key]}: compare runs several methods; write it under the "
+                              f"method it belongs to (e.g. scalebio.{key}=...)")
+        for name in self.methods:
+            method_config(replace(rw, method=name))
 
 
 def compare(db: Path, settings: CompareSettings, out_dir: Path, *,
@@ -82,27 +112,63 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *,
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     write_json(folder.config, {**config, "config_hash": config_hash})
     test = _eval_rows(db, settings.eval_split)
+    if settings.oracle:
+        _check_oracle(db, settings.oracle)
     arms = list(settings.methods) + (["oracle"] if settings.oracle else [])
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in arms}
-    for seed in range(settings.seeds):
+    failed: dict[str, list[str]] = {}
+    for seed in range(settings.seed, settings.seed + settings.seeds):
         base, max_len = _base_model(db, settings, folder.base(seed), seed)
         for arm in arms:
             cell = folder.cell(arm, seed)
             done = json.loads(cell.read_text()) if cell.exists() else {}
-            if done.get("config_hash") != config_hash:  # a finished cell is reused only under the same settings
+            # a finished cell is reused only under the same settings, and a failed one never
+            if done.get("config_hash") != config_hash or done.get("failed"):
                 log.info("seed %d: %s", seed, arm)
                 resolved = replace(settings, reweight=replace(settings.reweight, max_len=max_len))
-                done = {**_run_cell(db, resolved, arm, seed, base, test, folder.run(arm, seed),
-                                  folder.run_id(arm, seed), on_step),
+                done = {**_checked_cell(db, resolved, arm, seed, base, test, folder, on_step),
                         "config_hash": config_hash}
                 write_json(cell, done)
+            if done.get("failed"):
+                failed.setdefault(arm, []).append(f"seed {seed}: {done['failed']}")
+                log.warning("%s seed %d failed: %s", arm, seed, done["failed"])
+                continue
             results[arm].append({k: v for k, v in done.items() if k != "config_hash"})
+    results = {arm: runs for arm, runs in results.items() if runs}
+    if not results:
+        raise DataError("compare: every cell failed (" + "; ".join(f"{a} {r[0]}" for a, r in failed.items())
+                        + "); fix the settings the messages name and run the same command again")
     report = {"methods": results, "baseline": "uniform" if "uniform" in arms else arms[0],
               "headline_method": "scalebio" if "scalebio" in arms else arms[-1], "main_metric": "accuracy",
               "target": f"{settings.reweight.target} -> {settings.eval_split} split ({len(test)} rows)",
-              "meta": {"budget": settings.budget, "recipe": _jsonable(settings.recipe), "oracle": settings.oracle}}
+              "meta": {"budget": settings.budget, "recipe": _jsonable(settings.recipe), "oracle": settings.oracle,
+                       "failed": failed}}
     write_report(report, out_dir)
     return report
+
+
+def _checked_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows,
+                  folder: CompareFolder, on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """One cell, or ``{"seed", "failed": reason}`` when its method or fine-tune stops on the data (a NaN loss, a
+    source left without rows) or a metric comes out non-finite: the other arms still run and report."""
+    try:
+        cell = _run_cell(db, settings, arm, seed, base, test, folder.run(arm, seed), folder.run_id(arm, seed),
+                         on_step)
+    except (CurateError, FloatingPointError) as e:
+        return {"seed": seed, "failed": str(e)}
+    bad = [k for k, v in cell["metrics"].items() if not (isinstance(v, int | float) and math.isfinite(v))]
+    if bad:
+        return {"seed": seed, "failed": f"{', '.join(bad)} is not finite ({cell['metrics'][bad[0]]})"}
+    return cell
+
+
+def _check_oracle(db: Path, source: str) -> None:
+    from curate.db import sources_in
+
+    with open_db(db, read_only=True) as con:
+        known = sources_in(con, "train")
+    if source not in known:
+        raise ConfigError(f"--oracle: {source!r} is not a training source ({', '.join(sorted(known))})")
 
 
 def _eval_rows(db: Path, split: str) -> Rows:
@@ -142,7 +208,7 @@ def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Pa
         weights, trajectory = _oracle(db, settings.oracle or "", run, settings.budget, seed), None
     else:
         rw = replace(settings.reweight, method=arm, seed=seed, model=str(base), budget=settings.budget)
-        outcome = reweight(job_for(db, rw, run.root, run_id), on_step=on_step)
+        outcome = reweight(job_for(db, rw, run.root, run_id, overwrite=True), on_step=on_step)  # a stale cell's run
         weights = outcome.weights if outcome is not None else {}  # one process: always the writer
         trajectory = _trajectory(run) if arm == "scalebio" else None
     method_s = time.perf_counter() - start
@@ -162,8 +228,6 @@ def _oracle(db: Path, source: str, run: RunFolder, budget: int, seed: int) -> di
 
     with open_db(db, read_only=True) as con:
         counts = sources_in(con, "train")
-        if source not in counts:
-            raise ConfigError(f"--oracle: {source!r} is not a training source ({', '.join(sorted(counts))})")
         weights = {s: (1.0 if s == source else 0.0) for s in sorted(counts)}
         write_weights(run.weights, build_weights_doc("oracle", weights, counts=counts, target=source,
                                                      config_hash="", data_fingerprint=data_fingerprint(con)))

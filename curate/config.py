@@ -7,6 +7,7 @@ values of the wrong type become one :class:`ConfigError` naming the key as the u
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -66,7 +67,11 @@ def build(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        msg, internal = str(e), f"{cls.__name__}."
+        # "ScaleBiOConfig.steps must be > 0" is written "scalebio.steps" on the command line
+        if msg.startswith("--"):  # already names the flag
+            raise ConfigError(msg) from None
+        raise ConfigError(f"{where}.{msg[len(internal):]}" if msg.startswith(internal) else f"{where}: {msg}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -86,8 +91,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value not in typing.get_args(hint):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, typing.get_args(hint)))}")
         return value
+    if hint in (int, float) and isinstance(value, str):
+        value = _number(value, key)  # YAML 1.1 reads 1e-4, 1E-4 and 5e3 as strings; people type them as numbers
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is bool and isinstance(value, bool):
@@ -101,6 +110,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if isinstance(hint, type) and isinstance(value, hint):
         return value
     raise ConfigError(f"{key}: {value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number(text: str, key: str) -> Any:
+    """``1e-4``, ``1E-4``, ``.5``, ``5e3`` and ``1_000`` as numbers; anything else is left for the type check."""
+    cleaned = text.strip().replace("_", "")
+    if not _NUMBER.fullmatch(cleaned):
+        return text
+    number = float(cleaned)
+    return int(number) if number.is_integer() and not re.search(r"[.eE]", cleaned) else number
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

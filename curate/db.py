@@ -5,12 +5,18 @@ file that is not a DuckDB database. Tables (DESIGN.md §4): ``examples``, ``reje
 ingested file, source and split; it makes re-ingesting a file a no-op), ``runs``, ``weights``, ``scores``,
 ``eval_results`` and ``meta`` (schema version). ``examples`` is a view over the stored ``example_rows`` that adds
 ``example_id``, ``text`` and ``messages``, derived from ``prompt``/``response`` (chat rows keep their full turns in
-``chat_messages``); only ingest writes ``example_rows``.
+``chat_messages``); only ingest writes ``example_rows``. Every stored row and reject carries the ``ingest_id`` of the
+ledger entry that brought it, so one file's contribution can be removed exactly (``curate drop``).
+
+An aborted write transaction (Ctrl-C, a failed file, kill -9) leaves the blocks DuckDB wrote optimistically at the
+end of the file; :func:`compact` gives them back, and a writable open does it when the file is larger than its
+blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,19 +25,19 @@ import duckdb
 
 from curate.errors import DataError, LockError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS example_rows (
     source VARCHAR NOT NULL, split VARCHAR NOT NULL,
     prompt VARCHAR, response VARCHAR, chat_messages VARCHAR,
-    content_hash VARCHAR NOT NULL, n_chars BIGINT, origin VARCHAR, origin_row BIGINT
+    content_hash VARCHAR NOT NULL, n_chars BIGINT, origin VARCHAR, origin_row BIGINT, ingest_id BIGINT
 );
 -- Derived columns are computed on read, so ingest writes each string once (and computes nothing else: DuckDB
 -- evaluates a table's generated columns on insert, which cost ingest a third of its time). Ids are stable: the
 -- same content in the same source and split always gets the same id.
-CREATE VIEW IF NOT EXISTS examples AS SELECT *,
+CREATE VIEW IF NOT EXISTS examples AS SELECT * EXCLUDE (ingest_id),
     md5(source || chr(31) || split || chr(31) || content_hash) AS example_id,
     CASE WHEN prompt = '' THEN response ELSE prompt || chr(10) || chr(10) || response END AS text,
     coalesce(chat_messages, CASE WHEN prompt = '' THEN NULL ELSE
@@ -39,11 +45,14 @@ CREATE VIEW IF NOT EXISTS examples AS SELECT *,
         || to_json(response)::VARCHAR || '}]' END) AS messages
 FROM example_rows;
 CREATE TABLE IF NOT EXISTS rejects (
-    origin VARCHAR, origin_row BIGINT, source VARCHAR, split VARCHAR, reason VARCHAR, raw VARCHAR
+    origin VARCHAR, origin_row BIGINT, source VARCHAR, split VARCHAR, reason VARCHAR, raw VARCHAR, ingest_id BIGINT
 );
+-- One row per (ingested file, source, split). An ingest is (file_sha256, default_source, split); path is the
+-- absolute path, max_chars the --max-chars it ran with, file_rows the rows read from the whole file (all its rows).
 CREATE TABLE IF NOT EXISTS ingests (
     file_sha256 VARCHAR, origin VARCHAR, default_source VARCHAR, source VARCHAR, split VARCHAR, schema VARCHAR,
-    rows_read BIGINT, kept BIGINT, duplicates BIGINT, rejected BIGINT, ingested_at TIMESTAMP
+    rows_read BIGINT, kept BIGINT, duplicates BIGINT, rejected BIGINT, ingested_at TIMESTAMP,
+    ingest_id BIGINT, path VARCHAR, max_chars BIGINT, file_rows BIGINT
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, method VARCHAR, config_json VARCHAR, status VARCHAR,
@@ -57,6 +66,33 @@ CREATE TABLE IF NOT EXISTS eval_results (
 """
 
 STORED = "source, split, prompt, response, chat_messages, content_hash, n_chars, origin, origin_row"
+
+# v2 -> v3: the ledger learns ingest ids, paths, --max-chars and file row counts; rows and rejects their ingest id.
+# Old rows get the id of the ledger entry with their origin, source and split (the latest one when several match).
+V3_COLUMNS = """
+ALTER TABLE example_rows ADD COLUMN IF NOT EXISTS ingest_id BIGINT;
+ALTER TABLE rejects ADD COLUMN IF NOT EXISTS ingest_id BIGINT;
+ALTER TABLE ingests ADD COLUMN IF NOT EXISTS ingest_id BIGINT;
+ALTER TABLE ingests ADD COLUMN IF NOT EXISTS path VARCHAR;
+ALTER TABLE ingests ADD COLUMN IF NOT EXISTS max_chars BIGINT;
+ALTER TABLE ingests ADD COLUMN IF NOT EXISTS file_rows BIGINT;
+"""
+V3_BACKFILL = """
+UPDATE ingests SET ingest_id = g.id, file_rows = g.n FROM (
+    SELECT file_sha256, default_source, split, sum(rows_read) AS n,
+           row_number() OVER (ORDER BY min(ingested_at), file_sha256, default_source, split) AS id
+    FROM ingests GROUP BY file_sha256, default_source, split) g
+WHERE ingests.ingest_id IS NULL AND g.file_sha256 = ingests.file_sha256
+  AND g.default_source = ingests.default_source AND g.split = ingests.split;
+UPDATE example_rows SET ingest_id = l.id FROM (
+    SELECT origin, source, split, max(ingest_id) AS id FROM ingests GROUP BY origin, source, split) l
+WHERE example_rows.ingest_id IS NULL AND l.origin = example_rows.origin AND l.source = example_rows.source
+  AND l.split = example_rows.split;
+UPDATE rejects SET ingest_id = l.id FROM (
+    SELECT origin, source, split, max(ingest_id) AS id FROM ingests GROUP BY origin, source, split) l
+WHERE rejects.ingest_id IS NULL AND l.origin = rejects.origin AND l.source = rejects.source
+  AND l.split = rejects.split;
+"""
 
 _LOCK_PID = re.compile(r"PID (\d+)")
 
@@ -74,6 +110,9 @@ def open_db(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDB
         raise DataError(f"{path}: no such database; run `curate ingest FILE --db {path}` first")
     if path.exists() and path.is_dir():
         raise DataError(f"{path}: is a folder, not a DuckDB file; pass a file path to --db")
+    if not read_only and not path.parent.is_dir():
+        raise DataError(f"{path}: folder {path.parent} does not exist; create it (mkdir -p {path.parent}) or pass "
+                        "another --db")
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as e:
@@ -90,9 +129,83 @@ def open_db(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDB
     try:
         if not read_only:
             _migrate(con, path)
+            if is_bloated(con, path):
+                compact(con)
         yield con
     finally:
         con.close()
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: Path | str) -> Iterator[None]:
+    """Delete a store this block created when the block fails before anything was ingested into it.
+
+    A mistyped file or flag on the first ``curate ingest`` should not leave an empty ``curate.duckdb`` behind.
+    """
+    path = Path(path)
+    created = not path.exists()
+    try:
+        yield
+    except BaseException:
+        if created and path.is_file() and _has_no_ingests(path):
+            for p in (path, path.with_name(path.name + ".wal")):
+                p.unlink(missing_ok=True)
+        raise
+
+
+def _has_no_ingests(path: Path) -> bool:
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except (duckdb.Error, RuntimeError):
+        return False
+    try:
+        row = con.execute("SELECT count(*) FROM ingests").fetchone()
+        return row is not None and not row[0]
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """True for DuckDB's answer to Ctrl-C (a plain ``RuntimeError: Query interrupted``, or InterruptException).
+
+    DuckDB turns SIGINT into an exception of its own while a query runs; callers re-raise it as
+    KeyboardInterrupt so the CLI exits 130 rather than reporting an unexpected error.
+    """
+    if isinstance(error, duckdb.InterruptException):
+        return True
+    return isinstance(error, RuntimeError) and "interrupted" in str(error).lower()
+
+
+def compact(con: duckdb.DuckDBPyConnection) -> None:
+    """Give back the file space an aborted transaction left at the end of the store.
+
+    A large insert writes its row groups into the file before it commits; a rollback frees them, but DuckDB only
+    truncates the file in a checkpoint that has something to write (a bare CHECKPOINT after a rollback is a
+    no-op), so a table is created and dropped first. Nothing stored changes. Best effort: a store that cannot be
+    checkpointed now is left as it is.
+    """
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS _curate_compact (x INTEGER)")
+        con.execute("DROP TABLE _curate_compact")
+        con.execute("CHECKPOINT")
+    except duckdb.Error:
+        pass
+
+
+def is_bloated(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """True when the file holds more than two blocks beyond the blocks DuckDB uses (left by a killed write)."""
+    try:
+        row = con.execute("SELECT block_size, total_blocks FROM pragma_database_size() "
+                          "WHERE database_name = current_database()").fetchone()
+        size = os.path.getsize(path)
+    except (duckdb.Error, OSError):
+        return False
+    if row is None:
+        return False
+    block_size, total_blocks = int(row[0]), int(row[1])
+    return size > (total_blocks + 2) * block_size + 3 * 4096
 
 
 def _first_line(msg: str) -> str:
@@ -113,6 +226,11 @@ def _migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         if version == 1:
             con.execute(f"INSERT INTO example_rows ({STORED}) SELECT {STORED} FROM examples_v1")
             con.execute("DROP TABLE examples_v1")
+        if version < 3:
+            con.execute(V3_COLUMNS)
+            con.execute("DROP VIEW examples")  # it was bound to the v2 columns of example_rows
+            con.execute(DDL)
+            con.execute(V3_BACKFILL)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
     except BaseException:

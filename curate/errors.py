@@ -29,6 +29,12 @@ class LockError(CurateError):
     """Another process holds the database."""
 
 
+class Interrupted(CurateError):
+    """Ctrl-C: the message says what was kept and the command that continues."""
+
+    exit_code = 130
+
+
 def require(module: str, extra: str) -> None:
     """Raise :class:`DependencyError` with the install line when ``module`` cannot be imported."""
     import importlib.util

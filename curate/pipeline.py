@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,19 @@ from typing import Any
 from curate import history, methods
 from curate.config import build, load_config, to_dict
 from curate.corpus import Rows, RunData, load_run_data
-from curate.errors import ConfigError, require
+from curate.errors import ConfigError, Interrupted, require
 from curate.launch import Launch, plan_launch, resolve_device
 from curate.methods import FitInputs, FitResult, Method
-from curate.runs import RunFolder, read_config, safe_out_dir, update_manifest, write_config, write_result_files
+from curate.runs import (
+    DEFAULT_STORE,
+    RunFolder,
+    read_config,
+    safe_out_dir,
+    store_for,
+    update_manifest,
+    write_config,
+    write_result_files,
+)
 from curate.settings import ReweightSettings, method_config, settings_from, settings_to_values
 from curate.tokens import TokenReport, resolve_max_len, tokenize_run
 from curate.weights import build_weights_doc, normalise, write_weights
@@ -42,7 +52,8 @@ FLAGS = ("method", "target", "model", "steps", "budget", "lower_level")
 class ReweightRequest:
     """One ``curate reweight`` command line, as parsed: nothing checked or resolved yet."""
 
-    db: Path
+    db: Path | None
+    """``--db``; None: ``curate.duckdb``, or for ``--resume`` the store the run was made from."""
     args: tuple[str, ...] = ()
     """Data files to ingest first, then ``key=value`` overrides."""
     config: Path | None = None
@@ -55,6 +66,7 @@ class ReweightRequest:
     zero: int | None = None
     nproc: int = 1
     deepspeed_config: Path | None = None
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ class Job:
     files: tuple[Path, ...] = ()
     target_file: Path | None = None
     resume: bool = False
+    overwrite: bool = False
+    """Replace a non-empty run folder whole (``--overwrite``); without it such a folder is refused."""
     run_id: str = ""
     """The id the store records (default: the run folder's name)."""
 
@@ -121,13 +135,20 @@ def prepare(request: ReweightRequest) -> Job:
     run = RunFolder(request.resume or launch.rank.run_dir or safe_out_dir(request.out, settings.method))
     if request.resume is not None:
         _check_resumable(method, run)
-    return Job(request.db, settings, method, cfg, run, launch, files, target_file, request.resume is not None)
+    elif not launch.rank.in_job and not request.overwrite:  # the launching parent checked for its ranks
+        check_empty(run, "--out")
+    db = request.db or (store_for(request.resume, None) if request.resume is not None else DEFAULT_STORE)
+    return Job(db, settings, method, cfg, run, launch, files, target_file, request.resume is not None,
+               request.overwrite)
 
 
-def job_for(db: Path, settings: ReweightSettings, run_dir: Path, run_id: str = "") -> Job:
+def job_for(db: Path, settings: ReweightSettings, run_dir: Path, run_id: str = "", overwrite: bool = False) -> Job:
     """A :class:`Job` from settings built in code (``compare``, a user's script): one process, no ingest."""
     method = methods.get(settings.method)
-    return Job(db, settings, method, method_config(settings), RunFolder(run_dir), run_id=run_id)
+    run = RunFolder(run_dir)
+    if not overwrite:
+        check_empty(run, "run_dir")
+    return Job(db, settings, method, method_config(settings), run, overwrite=overwrite, run_id=run_id)
 
 
 def ingest_first(job: Job) -> list[Any]:
@@ -150,22 +171,26 @@ def reweight(job: Job, *, on_step: StepCallback | None = None) -> ReweightOutcom
     """
     start = time.perf_counter()
     data = load_run_data(job.db, job.settings.target, need_target="target" in job.method.needs)
+    if job.settings.budget is not None:  # a budget the pool cannot serve is refused before any training
+        from curate.sampling import check_budget_fits
+
+        check_budget_fits(job.settings.budget, sum(data.counts.values()))
     resolved = {**settings_to_values(job.settings), "method_config": to_dict(job.cfg)}
-    created = begin_run(job, resolved)
+    inputs = load_inputs(job, data, on_step)  # a model that fails to load leaves no run folder behind
+    created = begin_run(job, resolved, inputs)
     try:
-        inputs = load_inputs(job, data, on_step)
         result = job.method.fit_fn()(inputs)
+        if not job.launch.rank.writer:
+            return None
+        if job.method.level == "example" and not result.scores:
+            raise RuntimeError(f"{job.method.name}: an example-level method returned no scores")
+        if inputs.token_report is not None:
+            result.diagnostics = _with_tokenization(result.diagnostics, inputs.token_report)
+        seconds = time.perf_counter() - start
+        doc = write_artefacts(job, data, resolved, result, seconds, tokenizer=inputs.tokenizer)
     except BaseException as e:
         _record_failure(job, e)
         raise
-    if not job.launch.rank.writer:
-        return None
-    if job.method.level == "example" and not result.scores:
-        raise RuntimeError(f"{job.method.name}: an example-level method returned no scores")
-    if inputs.token_report is not None:
-        result.diagnostics = _with_tokenization(result.diagnostics, inputs.token_report)
-    seconds = time.perf_counter() - start
-    doc = write_artefacts(job, data, resolved, result, seconds, tokenizer=inputs.tokenizer)
     history.record_finish(job.db, job.run_id, job.settings.method, resolved, job.run.root, created,
                           doc["sources"], [(r.step, r.weights) for r in result.trajectory], result.scores)
     if job.settings.budget is not None:
@@ -173,15 +198,23 @@ def reweight(job: Job, *, on_step: StepCallback | None = None) -> ReweightOutcom
     return ReweightOutcome(job.run.root, job.settings.method, doc["sources"], doc, seconds, result.diagnostics)
 
 
-def begin_run(job: Job, resolved: dict[str, Any]) -> str:
-    """Create the run folder, save ``config.yaml`` (a resumed run keeps the one it started with) and record the
-    run as running; returns its start time. Only rank 0 writes."""
+def begin_run(job: Job, resolved: dict[str, Any], inputs: FitInputs) -> str:
+    """Create the run folder (``--overwrite``: replace the old one whole), save ``config.yaml`` (a resumed run
+    keeps the one it started with), the store's path and the base model, and record the run as running; returns
+    its start time. Only rank 0 writes."""
     now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     if not job.launch.rank.writer:
         return now
+    if job.overwrite and not job.resume and job.run.root.exists():
+        shutil.rmtree(job.run.root)
     job.run.root.mkdir(parents=True, exist_ok=True)
     if not job.resume:
         write_config(job.run.root, resolved)
+        update_manifest(job.run.root, kind="reweight", method=job.settings.method, db=str(job.db.resolve()))
+        if inputs.model is not None:
+            from curate.modeling import save_base
+
+            save_base(job.run.root, inputs.model, inputs.tokenizer)
     if not job.launch.distributed:  # other ranks are reading the store now; rank 0 records at the end
         history.record_start(job.db, job.run_id, job.settings.method, resolved, job.run.root)
     return now
@@ -189,7 +222,7 @@ def begin_run(job: Job, resolved: dict[str, Any]) -> str:
 
 def load_inputs(job: Job, data: RunData, on_step: StepCallback | None) -> FitInputs:
     """The method's inputs; for a model-based method also the tokenizer, ``max_len``, the tokenized pool and target
-    and the model (saved as the run's base model so a resume and `compare` start from the same weights)."""
+    and the model. Writes nothing."""
     s = job.settings
     inputs = FitInputs(s.method, job.cfg, dict(data.counts), data.pool, data.target, job.run, seed=s.seed,
                        on_step=on_step, resume=job.resume, zero_stage=job.launch.zero_stage,
@@ -198,14 +231,10 @@ def load_inputs(job: Job, data: RunData, on_step: StepCallback | None) -> FitInp
         require("torch", "train")
     if "model" not in job.method.needs:
         return inputs
-    from curate.modeling import save_base
-
     spec = str(job.run.base_model) if job.resume and job.run.base_model.is_dir() else s.model
     inputs.model, inputs.tokenizer, inputs.train, inputs.target_set, inputs.token_report = load_and_tokenize(
         s, spec, data.pool, data.target, data.sources)
     inputs.device = resolve_device(s.device)
-    if not job.resume and job.launch.rank.writer:
-        save_base(job.run.root, inputs.model, inputs.tokenizer)
     return inputs
 
 
@@ -263,18 +292,28 @@ def _with_tokenization(diagnostics: dict[str, Any], report: TokenReport) -> dict
 def _record_failure(job: Job, error: BaseException) -> None:
     if not job.launch.rank.writer or job.launch.distributed:
         return
-    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    status = "interrupted" if isinstance(error, KeyboardInterrupt | Interrupted) else "failed"
     try:
         history.record_status(job.db, job.run_id, status)
     except Exception:  # noqa: BLE001 - the run's own error is the one to report
         pass
 
 
+def check_empty(run: RunFolder, flag: str) -> None:
+    """Refuse to write a run into a folder that already holds files: its old ``data/`` would no longer match
+    the new weights, and a folder curate did not write is not curate's to fill."""
+    if run.root.is_dir() and any(run.root.iterdir()):
+        what = "a previous run" if run.weights.exists() or run.config.exists() else "files curate did not write"
+        raise ConfigError(f"{flag}: {run.root} already holds {what}; pass --overwrite to replace it whole, "
+                          "or another --out")
+
+
 def _check_resumable(method: Method, run: RunFolder) -> None:
     if not method.resumable:
         raise ConfigError(f"--resume: {method.name} runs are not resumable; start a new run")
-    if not run.checkpoints.exists():
-        raise ConfigError(f"--resume: {run.root} has no checkpoints/; pass a ScaleBiO run folder")
+    if not run.checkpoints.exists() or not any(run.checkpoints.iterdir()):
+        raise ConfigError(f"--resume: {run.root} stopped before its first checkpoint (checkpoint_every steps); "
+                          f"start it again with --out {run.root} --overwrite")
 
 
 def _target_file(target: object) -> Path | None:

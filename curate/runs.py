@@ -9,6 +9,7 @@ holds ``compare_config.json``, ``cells/``, ``base/`` and ``runs/``. Only this mo
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,11 @@ from curate.io import atomic_path, write_json, write_text
 if TYPE_CHECKING:
     from curate.methods.base import FitResult
 
+log = logging.getLogger(__name__)
+
 RUNS_DIR = Path("runs")
+DEFAULT_STORE = Path("curate.duckdb")
+"""The store a command uses when neither ``--db`` nor ``CURATE_DB`` nor a run's manifest names one."""
 
 
 def _path(name: str, doc: str) -> Any:
@@ -118,18 +123,62 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         raise DataError(f"{path}: not valid JSON; delete it and re-run the command that wrote it") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: is JSON but not an object ({type(doc).__name__}); delete it and re-run the "
+                        "command that wrote it")
+    return doc
 
 
 def update_manifest(run_dir: Path, **fields: Any) -> Path:
     """Merge ``fields`` into ``manifest.json`` (atomic), stamping the curate version."""
-    doc = read_manifest(run_dir)
+    return write_json(RunFolder(run_dir).manifest, manifest_with(run_dir, **fields))
+
+
+def manifest_with(run_dir: Path, fresh: bool = False, **fields: Any) -> dict[str, Any]:
+    """The manifest :func:`update_manifest` would write, without writing it.
+
+    A writer that must replace ``data/`` and the manifest together (``curate resample``) builds the document first
+    and writes it next to its data, so a failure while writing leaves both as they were. ``fresh`` starts from an
+    empty manifest instead of the folder's own (a folder that a resample ``--out`` rewrites whole).
+    """
+    doc = {} if fresh else read_manifest(run_dir)
     doc.update(fields)
     doc["curate_version"] = __version__
     doc["updated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    return write_json(RunFolder(run_dir).manifest, doc)
+    return doc
+
+
+DB_KEY = "db"
+"""The manifest key holding the absolute path of the store a run was made from (``curate reweight`` and
+``curate resample`` write it), so a later ``curate resample RUN`` without ``--db`` reads the same store."""
+
+
+def recorded_db(run_dir: Path) -> Path | None:
+    """The store ``run_dir``'s manifest says it was made from, or None (no manifest, or an older run)."""
+    value = read_manifest(run_dir).get(DB_KEY) if RunFolder(run_dir).manifest.exists() else None
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def store_for(run: Path, db: Path | None) -> Path:
+    """The store to draw from: ``--db`` (or ``CURATE_DB``) when given, else the one the run's manifest records,
+    else ``curate.duckdb`` here; a run made from a store that has since moved says so instead of guessing.
+
+    Raises:
+        DataError: the recorded store is gone and there is no ``curate.duckdb`` here either.
+    """
+    if db is not None:
+        return db
+    recorded = recorded_db(run if run.is_dir() else run.parent)
+    if recorded is None or recorded.exists():
+        return recorded or DEFAULT_STORE
+    if not DEFAULT_STORE.exists():
+        raise DataError(f"{run}: its manifest.json records the store {recorded}, which does not exist; "
+                        "pass --db FILE with the store it was made from")
+    log.warning("%s was made from %s, which does not exist; using %s", run, recorded, DEFAULT_STORE)
+    return DEFAULT_STORE
 
 
 def write_result_files(run: RunFolder, result: FitResult) -> None:

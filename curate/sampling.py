@@ -5,6 +5,10 @@ than one row and the total is the budget. A source asked for more rows than it h
 a random remainder (extra epochs over it, as the ScaleBiO resampler does), unless ``max_epochs`` caps repeats and
 the rest is redistributed over the other sources in proportion to their weights (UniMax-style water filling).
 ``draw`` walks each source in a seeded permutation (or by descending score for example-level methods).
+
+``check_budget`` and ``check_budget_fits`` are the guards every caller runs first: the draw holds every drawn id in
+memory (about ``BYTES_PER_ROW`` bytes a row), so a budget of 10**12 must be refused in one line, not by the OS killing
+the process.
 """
 
 from __future__ import annotations
@@ -15,7 +19,56 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from curate.errors import DataError
+from curate.errors import ConfigError, DataError
+
+MAX_PASSES = 100
+"""Without ``--max-epochs`` a budget may repeat the weighted sources' pool at most this many times over."""
+MAX_ROWS = 50_000_000
+"""The most rows one resample draws, whatever ``--max-epochs`` allows (about 5 GB of memory at ``BYTES_PER_ROW``)."""
+BYTES_PER_ROW = 100
+"""Peak memory per drawn row, measured on the draw plus its Arrow table (ids, pass numbers, the shuffle)."""
+
+
+def check_budget(budget: int, flag: str = "--budget") -> int:
+    """Refuse a budget that would replace a run's draw with nothing, before anything is opened or read.
+
+    Returns the budget.
+
+    Raises:
+        ConfigError: not a whole number, or below 1, naming ``flag``.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ConfigError(f"{flag}: must be a whole number of rows, got {budget!r}")
+    if budget < 1:
+        raise ConfigError(f"{flag} {budget}: must be at least 1 (the number of rows to draw); a run's existing "
+                          "data/ is kept")
+    return budget
+
+
+def check_budget_fits(budget: int, pool_rows: int | None, max_epochs: float | None = None,
+                      flag: str = "--budget") -> int:
+    """Refuse a budget that would exhaust memory, before any id is read (the OS would kill the process instead).
+
+    Rules (also in ``curate resample --help``): :func:`check_budget`; at most :data:`MAX_ROWS` rows; and, without
+    ``max_epochs``, at most :data:`MAX_PASSES` times ``pool_rows`` (the rows of the sources with a positive
+    weight), since a budget that large is almost always a typo; ``--max-epochs E`` states the repeats wanted and
+    :func:`allocate` then enforces them. ``pool_rows=None`` (the pool is not known yet: ``reweight`` before
+    training) checks the ceiling only. Returns the budget.
+
+    Raises:
+        ConfigError: naming ``flag``, the rows asked for, the rows the pool holds and the fix.
+    """
+    check_budget(budget, flag)
+    pool = "" if pool_rows is None else f" from a pool of {pool_rows:,} rows (the weighted sources)"
+    if budget > MAX_ROWS:
+        gb = budget * BYTES_PER_ROW / 1e9
+        raise ConfigError(f"{flag} {budget:,}: would draw {budget:,} rows{pool}, about {gb:,.0f} GB of memory; "
+                          f"one resample draws at most {MAX_ROWS:,} rows, lower {flag}")
+    if pool_rows and max_epochs is None and budget > MAX_PASSES * pool_rows:
+        raise ConfigError(f"{flag} {budget:,}: would draw {budget:,} rows{pool}, {budget / pool_rows:,.0f} passes "
+                          f"over it (more than {MAX_PASSES}); lower {flag}, or pass --max-epochs E to allow up to "
+                          "E passes over each source")
+    return budget
 
 
 def _largest_remainder(shares: Mapping[str, float], total: int, weights: Mapping[str, float]) -> dict[str, int]:

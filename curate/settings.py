@@ -48,6 +48,10 @@ class ReweightSettings:
     def __post_init__(self) -> None:
         if self.method not in methods.METHODS:
             raise ValueError(f"--method: {self.method!r} is not one of {', '.join(methods.names())}")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"--budget: must be >= 1 rows, got {self.budget}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps: must be >= 1, got {self.steps}")
         if isinstance(self.max_len, str) and self.max_len != "auto":
             raise ValueError(f"max_len: {self.max_len!r} is neither auto nor a number of tokens")
         if isinstance(self.max_len, int) and self.max_len < 8:

@@ -99,7 +99,11 @@ def read_weights(path_or_run: Path) -> tuple[Path, dict]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e}); fix or regenerate it") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("sources"), dict):
-        raise DataError(f"{path}: no 'sources' mapping; expected the weights.json schema of DESIGN.md §4")
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: is JSON but not an object ({type(doc).__name__}); expected the weights.json "
+                        "schema of DESIGN.md §4")
+    if not isinstance(doc.get("sources"), dict):
+        raise DataError(f"{path}: no 'sources' mapping; expected "
+                        "{\"method\": ..., \"sources\": {name: weight}} as `curate reweight` writes it")
     validate_weights(doc["sources"], where=str(path))
     return path, doc

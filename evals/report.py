@@ -249,7 +249,14 @@ def _paired(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[s
 
 
 def headline(summary: Mapping[str, Any]) -> str:
-    """One honest sentence: did the headline method beat the baseline on the main metric, and by how much."""
+    """One honest sentence: did the headline method beat the baseline on the main metric, and by how much; then
+    the cells that failed (they are in no mean), when any did."""
+    failed = (summary.get("meta") or {}).get("failed") or {}
+    note = "; ".join(f"{arm} {reason}" for arm, reasons in failed.items() for reason in reasons)
+    return _verdict(summary) + (f" FAILED cells, left out of every number: {note}." if note else "")
+
+
+def _verdict(summary: Mapping[str, Any]) -> str:
     method, base, metric = summary["headline_method"], summary["baseline"], summary["main_metric"]
     methods = summary["methods"]
     missing = [m for m in (method, base) if m not in methods]
@@ -310,17 +317,27 @@ def _cost_cell(method: Mapping[str, Any], key: str, fmt: str) -> str:
     return "–" if not stats else fmt.format(stats["mean"])
 
 
-def rich_table(summary: Mapping[str, Any]) -> Any:
-    """A ``rich.table.Table`` of :func:`table_rows`, captioned with the headline."""
+def rich_table(summary: Mapping[str, Any], title: str = "curate compare", caption: bool = True) -> Any:
+    """:func:`table_rows` as two Rich tables (the metrics, then the change vs the baseline and the cost), so each
+    stays whole at 80 columns: names wrap, numbers never do; captioned with the headline unless ``caption=False``."""
+    from rich.console import Group
     from rich.table import Table
 
     header, rows = table_rows(summary)
-    table = Table(title="curate compare", caption=summary["headline"])
-    for i, col in enumerate(header):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
+    split = 2 + len(summary["metrics"])
+    parts = [(title, header[:split], [r[:split] for r in rows]),
+             (None, header[:1] + header[split:], [r[:1] + r[split:] for r in rows])]
+    tables = []
+    for name, cols, cells in parts:
+        table = Table(title=name)
+        for i, col in enumerate(cols):
+            table.add_column(col, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i > 0)
+        for row in cells:
+            table.add_row(*row)
+        tables.append(table)
+    if caption:
+        tables[-1].caption = summary["headline"]
+    return Group(*tables)
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:

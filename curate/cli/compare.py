@@ -25,6 +25,7 @@ def compare(
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = ",".join(DEFAULT_METHODS),
     budget: Annotated[int, typer.Option(help="Rows in every method's dataset.")] = 1000,
     seeds: Annotated[int, typer.Option(help="Seeds per method (paired across methods).")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="The first seed (runs seeds SEED .. SEED+SEEDS-1).")] = 0,
     target: Annotated[str, typer.Option(help="Target for the methods: a split or a source.")] = "val",
     eval_split: Annotated[str, typer.Option(help="Split the fine-tuned models are evaluated on.")] = "test",
     model: Annotated[str, typer.Option(help="'tiny' or a local Hugging Face model folder.")] = "tiny",
@@ -36,7 +37,7 @@ def compare(
 ) -> None:
     """Which data trains the best model for my target? Every method, same budget, same recipe, same eval."""
     settings = settings_for(load_config(config, overrides or []), methods, budget, seeds, target, eval_split, model,
-                            oracle)
+                            oracle, seed)
     dest = safe_out_dir(out_dir, "compare")
     report = run_compare(db, settings, dest)
     print_summary(report, title="curate compare", report_path=dest / "report.html")
@@ -47,20 +48,18 @@ def print_summary(report: dict, title: str, report_path: Path) -> None:
     from evals.report import build_summary, headline, rich_table
 
     summary = build_summary(report)
-    table = rich_table(summary)
-    table.title, table.caption = title, None
-    out.print(table)
+    out.print(rich_table(summary, title=title, caption=False))
     out.print(headline(summary))
     out.print(f"report: {report_path}")
 
 
 def settings_for(values: dict, methods: str, budget: int, seeds: int, target: str, eval_split: str, model: str,
-                 oracle: str | None) -> CompareSettings:
+                 oracle: str | None, seed: int = 0) -> CompareSettings:
     """Merge CLI flags and a config into CompareSettings (``recipe.*`` and reweight keys may come from either)."""
     recipe = build(Recipe, values.pop("recipe", {}) or {}, where="recipe")
     values.setdefault("target", target)
     values.setdefault("model", model)
     rw = settings_from(values)
     return build(CompareSettings, {"methods": tuple(m.strip() for m in methods.split(",") if m.strip()),
-                                   "budget": budget, "seeds": seeds, "oracle": oracle, "eval_split": eval_split,
-                                   "reweight": rw, "recipe": recipe}, where="compare")
+                                   "budget": budget, "seeds": seeds, "seed": seed, "oracle": oracle,
+                                   "eval_split": eval_split, "reweight": rw, "recipe": recipe}, where="compare")

@@ -1,6 +1,7 @@
 """A Rich progress bar for training loops: step, ETA, tokens/s, target loss and the heaviest sources.
 
-With ``--quiet`` nothing is drawn; with ``--json-logs`` each step is one JSON line on stderr instead.
+With ``--quiet`` nothing is drawn; with ``--json-logs`` each step is one JSON line on stderr instead; when stderr
+is not a terminal (a log file, CI) a plain line is written every tenth of the run instead of a bar.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def step_progress(total: int | None, label: str, quiet: bool, json_logs: bool) -
         return
     if quiet:
         yield lambda row: None
+        return
+    if not err.is_terminal:  # a log file or a pipe: a line every tenth of the way, never a bar's remnants
+        every = max(1, (total or 100) // 10)
+        seen = {"n": 0}
+
+        def line(row: dict[str, Any]) -> None:
+            seen["n"] += 1
+            if seen["n"] % every == 0 or seen["n"] == total:
+                of = f"/{total}" if total else ""
+                err.print(f"{label}: step {seen['n']}{of}  {_describe(row)}", highlight=False, markup=False)
+
+        yield line
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[info]}")]

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from curate import launch, methods
-from curate.cli._common import DEFAULT_DB, ConfigPath, Db, JsonLogs, Out, Quiet, Seed, err, guarded, out
+from curate.cli._common import ConfigPath, JsonLogs, Out, Quiet, Seed, err, guarded, out
 from curate.cli.progress import step_progress
 from curate.errors import ConfigError
 from curate.pipeline import ReweightOutcome, ReweightRequest, ingest_first, prepare
@@ -58,8 +58,11 @@ def reweight(
     deepspeed_config: Annotated[Path | None, typer.Option(
         "--deepspeed-config", help="DeepSpeed config (JSON or YAML) with --launcher deepspeed, for offload and ZeRO "
                                    "settings; curate sets batch sizes, clipping and the optimizer.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder whole (without "
+                                                                "it such a folder is refused).")] = False,
     config: ConfigPath = None,
-    db: Db = DEFAULT_DB,
+    db: Annotated[Path | None, typer.Option("--db", envvar="CURATE_DB", help=(
+        "DuckDB file (default: curate.duckdb; with --resume, the store the run was made from)."))] = None,
     out_dir: Out = None,
     quiet: Quiet = False,
 ) -> None:
@@ -67,7 +70,7 @@ def reweight(
     flags = {"method": method, "target": target, "model": model, "steps": steps, "budget": budget,
              "lower_level": lower_level}
     job = prepare(ReweightRequest(db, tuple(args or ()), config, flags, seed, resume, out_dir, launcher, zero, nproc,
-                                  deepspeed_config))
+                                  deepspeed_config, overwrite))
     if plan or max_memory is not None:
         from curate.plan import memory_plan
 
@@ -86,7 +89,7 @@ def reweight(
 
         reports = ingest_first(job)
         if not quiet:
-            out.print(report_table(reports, db))
+            out.print(report_table(reports, job.db))
     with step_progress(job.total_steps, job.settings.method, quiet, json_logs) as on_step:
         outcome = run_reweight(job, on_step=on_step)
     if outcome is not None:  # None on the ranks other than 0: rank 0 reports

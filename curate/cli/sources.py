@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from curate.cli._common import DEFAULT_DB, Db, guarded, out
+from curate.cli.ingest import compact_table, framed
 from curate.db import open_db
 
 QUERY = """
@@ -26,9 +27,14 @@ def sources(db: Db = DEFAULT_DB) -> None:
     """Show what is stored: examples, characters, duplicates skipped and rows rejected per source and split."""
     with open_db(db, read_only=True) as con:
         rows = con.execute(QUERY).fetchall()
-    t = Table(title=f"sources in {db}")
-    for col in ("source", "split", "examples", "characters", "duplicates", "rejects"):
-        t.add_column(col, justify="left" if col in ("source", "split") else "right")
+    if not rows:
+        out.print(f"{db}: no data yet; run `curate ingest FILE`", highlight=False, markup=False)
+        return
+    t = compact_table()
+    t.add_column("source", overflow="fold", min_width=8)
+    t.add_column("split", no_wrap=True)
+    for col in ("examples", "characters", "duplicates", "rejects"):
+        t.add_column(col, justify="right", no_wrap=True)
     for s, sp, n, chars, dups, rej in rows:
-        t.add_row(s, sp, f"{n:,}", f"{int(chars):,}", f"{int(dups):,}", f"{int(rej):,}")
-    out.print(t if rows else f"{db}: no data yet; run `curate ingest FILE`")
+        t.add_row(Text(s), Text(sp), f"{n:,}", f"{int(chars):,}", f"{int(dups):,}", f"{int(rej):,}")
+    out.print(framed(f"sources in {db}", t))

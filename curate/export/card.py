@@ -76,7 +76,8 @@ def _mapping(obj: dict[str, Any], key: str) -> dict[str, Any]:
 def weights_table(run: RunData) -> str:
     """Markdown table: one row per source with its weight, available rows, rows selected and repeats."""
     weights = _mapping(run.weights, "sources")
-    counts = _mapping(run.weights, "counts")
+    # Rows available when the data was drawn (the resample's own count), else when the weights were learned.
+    counts = _mapping(run.manifest, "available") or _mapping(run.weights, "counts")
     repeats = _mapping(run.manifest, "repeats")
     names = list(weights) + sorted(set(run.rows_per_source) - set(weights))
     lines = [
@@ -94,6 +95,10 @@ def weights_table(run: RunData) -> str:
             f"| {selected} | {rep_cell} |"
         )
     return "\n".join(lines)
+
+
+def _weights_sha(manifest: dict[str, Any]) -> str:
+    return str(_mapping(manifest, "input_fingerprint").get("weights_sha256", "–"))
 
 
 def card_body(run: RunData, fmt: str, files: dict[str, str], messages: bool, exporter_version: str) -> str:
@@ -136,6 +141,7 @@ from datasets import load_dataset{", load_from_disk" if fmt == "hf" else ""}
 | field | value |
 |---|---|
 | method | `{_cell(method)}` |
+| weights sha256 (rows drawn from) | `{_cell(_weights_sha(m))}` |
 | input fingerprint | `{_cell(m.get("input_fingerprint", "–"))}` |
 | data fingerprint | `{_cell(w.get("data_fingerprint", "–"))}` |
 | config hash | `{_cell(w.get("config_hash", "–"))}` |

@@ -12,8 +12,9 @@ import pyarrow as pa
 from curate import __version__
 from curate.errors import ConfigError
 from curate.export.card import render_card
-from curate.export.reader import iter_tables, open_run, output_schema
+from curate.export.reader import RunData, iter_tables, open_run, output_schema
 from curate.export.writers import FORMATS, WRITERS
+from curate.fs_errors import fs_error
 from curate.io import atomic_dir, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,25 @@ def export_run(
     out = check_out_dir(out_dir, run_dir, force=force)
     run = open_run(run_dir, messages=messages)
     schema = output_schema(run.schema, messages=messages)
+    try:
+        _write(run, out, fmt, messages, schema)
+    except OSError as e:  # a full disk or a read-only folder; the atomic writer has removed its temporary folder
+        mapped = fs_error(e, _named(e, out))
+        if mapped is None:
+            raise
+        raise mapped from None
+    log.info("exported %d rows from %s to %s (%s)", run.num_rows, run.run_dir, out, fmt)
+    return out
+
+
+def _named(e: OSError, out: Path) -> Path:
+    """The path to name: the export folder, unless the fault was reading one of the run's own files."""
+    name = getattr(e, "filename", None)
+    return Path(name) if isinstance(name, str) and name else out
+
+
+def _write(run: RunData, out: Path, fmt: ExportFormat, messages: bool, schema: pa.Schema) -> None:
+    """The export folder under a temporary name (shards, card, marker last), renamed into place at the end."""
     with atomic_dir(out) as tmp:
         nbytes = [0]
         paths = WRITERS[fmt](_counting(iter_tables(run, messages=messages), nbytes), tmp, len(run.parts))
@@ -107,5 +127,3 @@ def export_run(
                 "curate_version": __version__,
             },
         )
-    log.info("exported %d rows from %s to %s (%s)", run.num_rows, run.run_dir, out, fmt)
-    return out

@@ -38,6 +38,10 @@ def _resample_hint(run_dir: Path) -> str:
     return f"run `curate resample {run_dir} --budget N` first"
 
 
+def _again(run_dir: Path) -> str:
+    return f"run `curate resample {run_dir} --budget N` again"
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path} is missing; {what}")
@@ -46,8 +50,26 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path} is not readable JSON ({e}); {what}") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path} must hold a JSON object; {what}")
+        raise DataError(f"{path} is JSON but not an object ({type(obj).__name__}); {what}")
     return obj
+
+
+def _check_weights_unchanged(run_dir: Path, weights_path: Path, manifest: dict[str, Any]) -> None:
+    """The rows must come from the weights the card will show: a ``reweight --out`` over an existing run rewrites
+    ``weights.json`` and keeps the old ``data/``, and exporting that would label the rows with weights they were
+    not drawn from. Runs whose manifest predates the fingerprint are let through."""
+    fingerprint = manifest.get("input_fingerprint")
+    recorded = fingerprint.get("weights_sha256") if isinstance(fingerprint, dict) else None
+    if not isinstance(recorded, str) or sha256_file(weights_path) == recorded:
+        return
+    budget, epochs = manifest.get("budget"), manifest.get("max_epochs")
+    args = f"--budget {budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else 'N'}"
+    if isinstance(epochs, int | float) and not isinstance(epochs, bool):
+        args += f" --max-epochs {epochs:g}"
+    raise DataError(
+        f"{run_dir / 'data'} was drawn from other weights ({weights_path} changed after the resample); "
+        f"run `curate resample {run_dir} {args}` again"
+    )
 
 
 def _check_against_manifest(run_dir: Path, parts: list[Path], outputs: dict[str, Any]) -> None:
@@ -58,14 +80,14 @@ def _check_against_manifest(run_dir: Path, parts: list[Path], outputs: dict[str,
         missing, extra = sorted(listed - found), sorted(found - listed)
         what = f"{missing[0]} is missing" if missing else f"{extra[0]} is not in manifest.json"
         raise DataError(
-            f"{run_dir}: {what}; the data is incomplete or mixed, {_resample_hint(run_dir)} again"
+            f"{run_dir}: {what}; the data is incomplete or mixed, {_again(run_dir)}"
         )
     for p in parts:
         expected = outputs.get(f"data/{p.name}")
         if expected and sha256_file(p) != expected:
             raise DataError(
                 f"{p} does not match its sha256 in manifest.json (changed after resampling); "
-                f"{_resample_hint(run_dir)} again"
+                f"{_again(run_dir)}"
             )
 
 
@@ -75,7 +97,7 @@ def _part_schema(path: Path) -> tuple[pa.Schema, int]:
         return meta.schema_arrow.remove_metadata(), meta.metadata.num_rows
     except (OSError, pa.ArrowException) as e:
         raise DataError(
-            f"{path} is not readable Parquet ({e}); {_resample_hint(path.parent.parent)} again"
+            f"{path} is not readable Parquet ({e}); {_again(path.parent.parent)}"
         ) from None
 
 
@@ -92,7 +114,8 @@ def open_run(run_dir: Path | str, *, messages: bool = False) -> RunData:
         raise DataError(
             f"{run_dir} has no resampled data ({data_dir} is empty or missing); {_resample_hint(run_dir)}"
         )
-    manifest = _read_json(run.manifest, f"{_resample_hint(run_dir)} again")
+    manifest = _read_json(run.manifest, f"{_again(run_dir)}")
+    _check_weights_unchanged(run_dir, run.weights, manifest)
     outputs = manifest.get("outputs") or {}
     _check_against_manifest(run_dir, parts, outputs if isinstance(outputs, dict) else {})
 
@@ -102,7 +125,7 @@ def open_run(run_dir: Path | str, *, messages: bool = False) -> RunData:
         part_schema, n = _part_schema(p)
         if not part_schema.equals(schema):
             raise DataError(
-                f"{p} has columns {part_schema.names} unlike {parts[0].name}; {_resample_hint(run_dir)} again"
+                f"{p} has columns {part_schema.names} unlike {parts[0].name}; {_again(run_dir)}"
             )
         if n:
             kept.append(p)
@@ -110,7 +133,7 @@ def open_run(run_dir: Path | str, *, messages: bool = False) -> RunData:
     needed = REQUIRED_COLUMNS + (("messages",) if messages else ())
     missing = [c for c in needed if c not in schema.names]
     if missing:
-        raise DataError(f"{parts[0]} lacks column(s) {', '.join(missing)}; {_resample_hint(run_dir)} again")
+        raise DataError(f"{parts[0]} lacks column(s) {', '.join(missing)}; {_again(run_dir)}")
     if num_rows == 0:
         raise DataError(f"{data_dir} holds no rows; {_resample_hint(run_dir)} with N > 0")
 

@@ -49,8 +49,17 @@ def detect_schema(con: duckdb.DuckDBPyConnection, table: str, origin: str) -> st
             votes["prompt_response"] += 1
         elif "text" in ks:
             votes["text"] += 1
+    if not rows:
+        first = con.execute(f"SELECT origin_row, try(json_type(line)) FROM {table} WHERE pre_reason IS NULL "
+                            "ORDER BY origin_row LIMIT 1").fetchone()
+        what = f"row {first[0]} is {'not JSON' if first[1] is None else 'a JSON ' + first[1].lower()}" if first \
+            else "no row is valid"
+        raise DataError(
+            f"{origin}: no record is a JSON object ({what}); each row must be an object with named fields "
+            "(instruction/output, conversations, messages, prompt/response or text): check the file's format"
+        )
     if not votes:
-        found = ", ".join(sorted(seen)[:12]) or "no JSON objects"
+        found = ", ".join(sorted(seen)[:12]) or "none"
         raise DataError(
             f"{origin}: cannot detect the row schema (fields: {found}); expected alpaca (instruction/input/output), "
             "sharegpt (conversations), messages, prompt/response or text; rename the fields or pass --schema"

@@ -74,12 +74,13 @@ def detect_format(path: Path) -> str:
             f"{path}: unknown format {path.suffix or '(no extension)'!r}; use .jsonl, .json, .parquet, .csv "
             "or a datasets save_to_disk folder"
         )
-    if fmt == "json" and _first_char(path) != "[":
+    if fmt == "json" and first_char(path) != "[":
         return "jsonl"  # many .json files are really one object per line
     return fmt
 
 
-def _first_char(path: Path) -> str:
+def first_char(path: Path) -> str:
+    """The file's first character after a BOM and whitespace (``[`` for a JSON array)."""
     with open(path, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1].decode("ascii", errors="replace")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from curate.errors import ConfigError
+from curate.errors import ConfigError, Interrupted
 from curate.methods.base import FitInputs, FitResult, TrajectoryRow
 
 
@@ -35,6 +35,9 @@ def _single(inputs: FitInputs, train: Any, val: Any) -> Any:
     except NonFiniteLossError as e:
         raise ConfigError(f"{e}; the last good checkpoint is in {checkpoints} "
                           "(lower lr_model or lr_lambda and use --resume)") from None
+    except KeyboardInterrupt:
+        raise Interrupted(f"checkpoint in {checkpoints}; continue with `curate reweight --resume "
+                          f"{inputs.run.root}`") from None
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"scalebio: {e}") from None
 

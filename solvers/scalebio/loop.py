@@ -291,8 +291,7 @@ def _save_on_interrupt(run: _Run, checkpoint_dir: str | os.PathLike[str] | None)
                     checkpoint_dir)
         return
     checkpoint.save(checkpoint_dir, _snapshot(run))
-    log.warning("interrupted after step %d; checkpoint saved to %s (resume=True continues)", run.step,
-                checkpoint_dir)
+    log.warning("interrupted after step %d; checkpoint saved to %s", run.step, checkpoint_dir)
 
 
 def _result(run: _Run) -> ScaleBiOResult:
