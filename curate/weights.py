@@ -100,8 +100,8 @@ def read_weights(path_or_run: Path) -> tuple[Path, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e}); fix or regenerate it") from None
     if not isinstance(doc, dict):
-        raise DataError(f"{path}: is JSON but not an object ({type(doc).__name__}); expected the weights.json "
-                        "schema of DESIGN.md §4")
+        raise DataError(f"{path}: is JSON but not an object ({type(doc).__name__}); expected "
+                        "{\"method\": ..., \"sources\": {name: weight}} as `curate reweight` writes it")
     if not isinstance(doc.get("sources"), dict):
         raise DataError(f"{path}: no 'sources' mapping; expected "
                         "{\"method\": ..., \"sources\": {name: weight}} as `curate reweight` writes it")

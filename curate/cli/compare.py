@@ -16,7 +16,11 @@ from curate.settings import settings_from
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(compare)
+    from curate.cli.reweight import METHOD_KEYS
+
+    app.command("compare", epilog="Every method's own key is written under its name here (scalebio.alpha=10, "
+                "rho.reference_steps=50); recipe.* sets the fine-tune (recipe.steps, recipe.lr, recipe.eval_rule). "
+                + "Step keys: " + METHOD_KEYS.split("`--steps` sets: ", 1)[1])(compare)
 
 
 @guarded
