@@ -68,6 +68,14 @@ def fails_cleanly(args: Sequence[str], expect: str | Sequence[str], *, db: Path 
     return lines[0]
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: a shell runs background jobs (``make test &``, CI
+    wrappers) with SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ingest(*args: object):
     """``curate ingest ARGS`` through the runner."""
     return runner.invoke(app, ["ingest", *map(str, args)])

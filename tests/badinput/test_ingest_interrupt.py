@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import curate.ingest.load as load
 from curate.cli import app
-from tests.badinput.conftest import store_digest
+from tests.badinput.conftest import interruptible, store_digest
 from tests.conftest import alpaca_rows, write_jsonl
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to time the signal")
@@ -46,7 +46,7 @@ def db(tmp_path):
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from curate.cli import app; app()", *args], cwd=cwd,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=interruptible)
 
 
 def _wait_until_duckdb_reads(proc: subprocess.Popen, data: Path, timeout: float = 15) -> None:

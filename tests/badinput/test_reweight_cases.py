@@ -12,7 +12,7 @@ import time
 import pytest
 
 from curate.cli import app
-from tests.badinput.conftest import fails_cleanly, runner, tree_digest
+from tests.badinput.conftest import fails_cleanly, interruptible, runner, tree_digest
 
 TINY = ["template=plain", "max_len=32", "tiny.hidden=32", "batch_size=8", "val_batch_size=8"]
 
@@ -131,10 +131,14 @@ def test_ctrl_c_during_scalebio_exits_130_with_the_command_that_continues(tmp_pa
     env = {**os.environ, "COLUMNS": "200"}
     cmd = [sys.executable, "-c", "from curate.cli import main; main()", "reweight", "--steps", "100000", "--db",
            str(arith_db), "--out", str(run), "--quiet", "checkpoint_every=5", *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not list((run / "checkpoints").glob("*")) and time.time() < deadline:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=interruptible)
+    deadline = time.time() + 300
+    while not list((run / "checkpoints").glob("*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
+    if not list((run / "checkpoints").glob("*")):
+        proc.kill()
+        pytest.fail(f"no checkpoint after 300 s: {proc.communicate()[1][-2000:]}")
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, errs = proc.communicate(timeout=120)
