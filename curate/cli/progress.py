@@ -29,8 +29,9 @@ def _describe(row: dict[str, Any]) -> str:
     if p:
         top = sorted(p.items(), key=lambda kv: -kv[1])[:3]
         parts.append(" ".join(f"{s}={w:.2f}" for s, w in top))
-    if "stage" in row:
-        parts.insert(0, str(row["stage"]))
+    if "stage" in row:  # ScaleBiO numbers its α stages; the baselines name theirs (rho_reference, ...)
+        stage = row["stage"]
+        parts.insert(0, f"stage {stage}" if isinstance(stage, int) else str(stage))
     return "  ".join(parts)
 
 
