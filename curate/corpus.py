@@ -7,6 +7,7 @@ rows), and a target source is left out of the pool.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,9 +81,9 @@ def load_run_data(db: Path, target: str, *, need_target: bool = True) -> RunData
 
     with open_db(db, read_only=True) as con:
         pool, tgt = load_pool_and_target(con, target, allow_empty_target=not need_target)
-        sources = sorted(set(pool.sources))
-        fingerprint = data_fingerprint(con, sources)
-    return RunData(pool, tgt, {s: pool.sources.count(s) for s in sources}, fingerprint)
+        counts = Counter(pool.sources)  # one pass over the pool, not one per source
+        fingerprint = data_fingerprint(con, sorted(counts))
+    return RunData(pool, tgt, {s: counts[s] for s in sorted(counts)}, fingerprint)
 
 
 def load_pool_and_target(con: duckdb.DuckDBPyConnection, target: str,

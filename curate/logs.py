@@ -52,7 +52,3 @@ def setup_logging(*, quiet: bool | None = None, json_logs: bool | None = None) -
         logger.setLevel(logging.WARNING if _state["quiet"] else logging.INFO)
         logger.propagate = False
 
-
-def is_quiet() -> bool:
-    """Whether ``--quiet`` is in effect."""
-    return _state["quiet"]

@@ -71,6 +71,6 @@ def show(
     for s, w in r.weights.items():
         t.add_row(s, f"{w:.4f}")
     out.print(t)
-    keys = {k: v for k, v in (r.config.get("method_config") or {}).items()}
+    keys = r.config.get("method_config") or {}
     if keys:
         out.print("method config: " + ", ".join(f"{k}={v}" for k, v in keys.items()), highlight=False)

@@ -7,7 +7,6 @@ imported only when the method runs, so listing or validating methods never impor
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -124,9 +123,6 @@ class Method:
 
     def fit_fn(self) -> Callable[[FitInputs], FitResult]:
         return _resolve(self.fit)
-
-    def config_keys(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self.config_class())]
 
 
 def _resolve(ref: Any) -> Any:
