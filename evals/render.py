@@ -44,17 +44,21 @@ def tables(summary: Mapping[str, Any]) -> list[Table]:
 
 
 def _paired_table(summary: Mapping[str, Any]) -> Table:
-    header = ["method", "metric", "method − baseline", "std of diff", "better on seeds", "p (paired t)",
-              "p (sign)"]
+    from evals.report import lead_text, p_text
+
+    head = summary["headline_method"]
+    header = ["method", "metric", f"{head} − method", f"{head} lead, 95% CI", "outcome", "p (bootstrap)",
+              "p (Wilcoxon, rows)", "p (t, seeds)", "seeds better", "rows × seeds"]
     rows = []
     for name, m in summary["methods"].items():
-        for metric, c in (m["vs_baseline"] or {}).items():
+        for metric, c in (m["vs_headline"] or {}).items():
             if c is None:
                 continue
-            rows.append([name, metric, f"{c['mean_diff']:+.4g}", _num(c["std_diff"], ".2g"),
-                         f"{c['wins']}/{c['n']} ({c['ties']} tied)", _num(c["p_t"], ".3g"),
-                         f"{c['p_sign']:.3g}"])
-    return (f"Versus {summary['baseline']}, paired by seed", header, rows)
+            rows.append([name, metric, f"{c['mean_diff']:+.4g}", lead_text(c), c["outcome"],
+                         p_text(c["p"]).removeprefix("p = ").removeprefix("p "), _num(c["p_wilcoxon"], ".3g"),
+                         _num(c["p_ttest"], ".3g"), f"{c['seeds_better']}/{c['n_seeds']}",
+                         f"{c['n_examples']} × {c['n_seeds']}"])
+    return (f"{head} versus every other arm, paired by test row and seed", header, rows)
 
 
 def _weight_tables(summary: Mapping[str, Any]) -> list[Table]:
@@ -92,7 +96,11 @@ def _intro(summary: Mapping[str, Any]) -> list[str]:
     main = summary["main_metric"]
     way = "higher is better" if summary["directions"][main] == "max" else "lower is better"
     seeds = ", ".join(f"{n}: {m['n_seeds']}" for n, m in summary["methods"].items())
-    lines = [f"Main metric: {main} ({way}). Baseline: {summary['baseline']}. Seeds per method: {seeds}."]
+    lines = [f"Main metric: {main} ({way}). Headline method: {summary['headline_method']}, compared with every "
+             f"other arm. Baseline: {summary['baseline']}. Oracle: {summary.get('oracle') or 'none'}. "
+             f"Seeds per method: {seeds}.",
+             "Intervals are 95% percentile bootstraps over test rows with the seeds redrawn in every replicate "
+             "(scipy.stats.bootstrap); 'tied' means the interval contains 0."]
     if summary.get("target"):
         lines.insert(0, f"Target: {summary['target']}.")
     return lines

@@ -26,7 +26,7 @@ from typing import Any
 from evals import metrics as M
 from solvers.common.io import write_bytes, write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RESULTS = """
 results = {
@@ -37,14 +37,17 @@ results = {
        "metrics": {"target_loss": 1.23,       # required: metric name -> number; lower is better for names
                    "ppl": 3.42,               #   containing loss/ppl/perplexity/nll/error, else higher
                    "accuracy": 0.41},
+       "per_example": {"accuracy": [1, 0, ...],      # optional: metric -> one value per test example, in the
+                       "target_loss": [...]},        #   same example order in every run; their mean is the metric
        "cost": {"wall_s": 12.5, "tokens": 40960},   # optional: numbers; wall_s and tokens are plotted
        "trajectory": [{"step": 0, "p_src_a": 0.5, ...}, ...]},  # optional (ScaleBiO): weights over steps
       ...],
     "scalebio": [...],
   },
-  "baseline": "uniform",                      # optional, default "uniform"
-  "headline_method": "scalebio",              # optional, default "scalebio"
-  "main_metric": "accuracy",                  # optional; default accuracy, else target_loss, else the first
+  "baseline": "uniform",                      # optional, default "uniform": the naive mixture the verdict names
+  "headline_method": "scalebio",              # optional, default "scalebio": compared with every other arm
+  "oracle": "oracle",                         # optional: the arm that trained on the target task alone (a ceiling)
+  "main_metric": "target_loss",               # optional; default target_loss, else accuracy, else the first
   "directions": {"my_score": "max"},          # optional: "max" or "min" per metric, overriding the name rule
   "target": "gsm_symbolic test split",        # optional: what the metrics were measured on
   "meta": {...},                              # optional, JSON-able: copied to summary.json as is
@@ -53,30 +56,35 @@ results = {
 
 SUMMARY = """
 summary = {                                   # what build_summary returns and summary.json holds
-  "schema_version": 1,
-  "baseline": "uniform", "headline_method": "scalebio", "main_metric": "accuracy", "target": str | None,
-  "metrics": ["accuracy", "target_loss", ...],          # main metric first
+  "schema_version": 2,
+  "baseline": "uniform", "headline_method": "scalebio", "oracle": "oracle" | None, "main_metric": "target_loss",
+  "target": str | None,
+  "metrics": ["target_loss", "accuracy", ...],          # main metric first
   "directions": {"accuracy": "max", "target_loss": "min", ...},
   "sources": ["src_a", ...],                            # union over all runs' weights, sorted
-  "methods": {                                          # baseline first, headline method second
+  "methods": {                                          # headline method first, then baseline, then as given
     "<method>": {
       "n_seeds": 3, "seeds": [0, 1, 2],
       "metrics": {"<metric>": {"mean", "std", "n", "values"}},
       "cost": {"wall_s": {"mean", "std", "n", "values"}, "tokens": {...}},    # {} when no run has a cost
       "weights": {"mean": {src: w}, "std": {src: w}, "n"} | None,              # normalised per run first
       "weight_stats": {"entropy", "effective_sources", "tv_to_uniform", "kl_to_uniform"} | None,
-      "vs_baseline": {                                  # None for the baseline itself
-        "<metric>": {"n", "mean_diff", "std_diff", "improvement", "rel_improvement", "wins", "losses", "ties",
-                     "t_stat", "p_t", "p_sign"} | None},   # None when no seed is shared
+      "vs_headline": {                                  # the headline method minus this one; None for itself
+        "<metric>": {"mean_diff", "improvement", "higher_is_better", "ci", "half_width", "p", "p_wilcoxon",
+                     "p_ttest", "n_seeds", "n_examples", "seed_noise", "seeds_better", "seeds_worse",
+                     "outcome"} | None},
+      "gap_closed": {"<metric>": share | None} | None,  # (method - baseline) / (oracle - baseline)
       "has_trajectory": bool}},
-  "headline": "scalebio beat uniform on accuracy ...",
+  "verdict": {...},                                     # evals.verdict.VERDICT documents it
+  "headline": "scalebio beat the best other method, doremi, on target_loss ...",
   "meta": {...},                                        # copied from results
   "plots": {"weights": "weights.png", ...},             # added by write_report, plots actually written
 }
 """
 
 _LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "nll", "error")
-_ALPHA = 0.05
+_UNPAIRED = ("ppl",)
+"""Metrics shown but not compared: perplexity is exp(target_loss), a monotone copy of it."""
 
 
 def validate_results(results: Mapping[str, Any]) -> None:
@@ -94,8 +102,8 @@ def validate_results(results: Mapping[str, Any]) -> None:
             problems.append(f"methods.{name}: duplicate seeds {seeds}")
         for i, run in enumerate(runs):
             problems.extend(_run_problems(f"methods.{name}[{i}]", run))
-    for key in ("baseline", "headline_method", "main_metric", "target"):
-        if key in results and not isinstance(results[key], str):
+    for key in ("baseline", "headline_method", "oracle", "main_metric", "target"):
+        if results.get(key) is not None and not isinstance(results[key], str):
             problems.append(f"results.{key}: expected a string")
     for metric, way in dict(results.get("directions") or {}).items():
         if way not in ("max", "min"):
@@ -118,6 +126,9 @@ def _run_problems(path: str, run: Any) -> list[str]:
     weights = run.get("weights")
     if weights and all(_is_number(w) for w in weights.values()) and sum(weights.values()) <= 0:
         problems.append(f"{path}.weights: all weights are 0")
+    for key, values in dict(run.get("per_example") or {}).items():
+        if not isinstance(values, Sequence) or isinstance(values, str) or not all(map(_is_number, values)):
+            problems.append(f"{path}.per_example.{key}: expected a list of finite numbers")
     trajectory = run.get("trajectory")
     if trajectory is not None and (not isinstance(trajectory, Sequence) or
                                    not all(isinstance(t, Mapping) and "step" in t for t in trajectory)):
@@ -136,35 +147,46 @@ def higher_is_better(metric: str, directions: Mapping[str, str] | None = None) -
     return not any(word in metric.lower() for word in _LOWER_IS_BETTER)
 
 
-def build_summary(results: Mapping[str, Any]) -> dict[str, Any]:
+def build_summary(results: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any]:
     """Reduce validated ``results`` to the JSON-able summary every renderer reads.
+
+    Args:
+        results: See ``RESULTS``.
+        seed: Seeds the bootstrap, so the same results always give the same intervals.
 
     Returns:
         The summary; ``SUMMARY`` documents its keys. Non-finite numbers become None.
     """
+    from evals.verdict import build_verdict, headline_text
+
     validate_results(results)
     methods: Mapping[str, list[Mapping[str, Any]]] = results["methods"]
     baseline = results.get("baseline", "uniform")
+    headline_method = results.get("headline_method", "scalebio")
+    oracle = results.get("oracle")
     directions = dict(results.get("directions") or {})
     metric_names = _metric_names(methods, results.get("main_metric"))
     ways = {m: "max" if higher_is_better(m, directions) else "min" for m in metric_names}
     sources = sorted({s for runs in methods.values() for run in runs for s in (run.get("weights") or {})})
-    headline_method = results.get("headline_method", "scalebio")
+    head_runs = methods.get(headline_method)
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "baseline": baseline,
         "headline_method": headline_method,
+        "oracle": oracle if oracle in methods else None,
         "main_metric": metric_names[0],
         "target": results.get("target"),
         "metrics": metric_names,
         "directions": ways,
         "sources": sources,
-        "methods": {name: _method_summary(runs, methods.get(baseline), metric_names, ways, sources,
-                                          is_baseline=name == baseline)
+        "methods": {name: _method_summary(runs, head_runs, metric_names, ways, sources,
+                                          is_headline=name == headline_method, seed=seed)
                     for name, runs in _ordered(methods, baseline, headline_method)},
         "meta": results.get("meta") or {},
     }
-    summary["headline"] = headline(summary)
+    _add_gap_closed(summary)
+    summary["verdict"] = build_verdict(summary)
+    summary["headline"] = headline_text(summary)
     return _json_safe(summary)
 
 
@@ -174,21 +196,21 @@ def _metric_names(methods: Mapping[str, Sequence[Mapping[str, Any]]], main: str 
         for run in runs:
             names.extend(k for k in run["metrics"] if k not in names)
     if main is None:
-        main = next((m for m in ("accuracy", "target_loss") if m in names), names[0])
+        main = next((m for m in ("target_loss", "accuracy") if m in names), names[0])
     if main not in names:
-        raise ValueError(f"results.main_metric: {main!r} is not a metric of any run (have {names})")
+        raise ValueError(f"main_metric: {main!r} is not a metric of any run (have {', '.join(names)})")
     return [main] + [n for n in names if n != main]
 
 
 def _ordered(methods: Mapping[str, Any], baseline: str, headline_method: str) -> list[tuple[str, Any]]:
-    """Baseline first, headline method second, the rest as given: the order of every table and plot."""
-    first = [m for m in (baseline, headline_method) if m in methods]
+    """Headline method first, baseline second, the rest as given: the order of every table and plot."""
+    first = [m for m in (headline_method, baseline) if m in methods]
     return [(m, methods[m]) for m in first] + [(m, r) for m, r in methods.items() if m not in first]
 
 
-def _method_summary(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]] | None,
-                    metric_names: list[str], ways: Mapping[str, str], sources: list[str],
-                    is_baseline: bool) -> dict[str, Any]:
+def _method_summary(runs: Sequence[Mapping[str, Any]], head_runs: Sequence[Mapping[str, Any]] | None,
+                    metric_names: list[str], ways: Mapping[str, str], sources: list[str], is_headline: bool,
+                    seed: int) -> dict[str, Any]:
     seeds = [run.get("seed", i) for i, run in enumerate(runs)]
     out: dict[str, Any] = {
         "n_seeds": len(runs),
@@ -201,8 +223,9 @@ def _method_summary(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[M
     }
     out["metrics"] = {m: s for m, s in out["metrics"].items() if s is not None}
     out.update(_weights_summary(runs, sources))
-    out["vs_baseline"] = None if is_baseline or baseline_runs is None else {
-        m: _paired(runs, baseline_runs, m, ways[m] == "max") for m in metric_names}
+    out["vs_headline"] = None if is_headline or head_runs is None else {
+        m: _paired(head_runs, runs, m, ways[m] == "max", seed) for m in metric_names if m not in _UNPAIRED}
+    out["gap_closed"] = None
     return out
 
 
@@ -237,79 +260,108 @@ def _weights_summary(runs: Sequence[Mapping[str, Any]], sources: list[str]) -> d
     }
 
 
-def _paired(runs: Sequence[Mapping[str, Any]], baseline_runs: Sequence[Mapping[str, Any]], metric: str,
-            higher: bool) -> dict[str, Any] | None:
-    """Paired comparison on the seeds both methods ran with this metric; None when they share no seed."""
-    by_seed = {str(run.get("seed", i)): run["metrics"].get(metric) for i, run in enumerate(baseline_runs)}
-    pairs = [(run["metrics"][metric], by_seed[str(run.get("seed", i))]) for i, run in enumerate(runs)
-             if metric in run["metrics"] and by_seed.get(str(run.get("seed", i))) is not None]
+def _paired(head_runs: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]], metric: str,
+            higher: bool, seed: int) -> dict[str, Any] | None:
+    """The headline method minus ``runs`` on the seeds both ran: per example when both carry per-example
+    values of the same length on every shared seed, else per seed. None when they share no seed."""
+    from evals.stats import paired_difference
+
+    mine = {str(run.get("seed", i)): run for i, run in enumerate(runs) if metric in run["metrics"]}
+    pairs = [(h, mine[str(h.get("seed", i))]) for i, h in enumerate(head_runs)
+             if metric in h["metrics"] and str(h.get("seed", i)) in mine]
     if not pairs:
         return None
-    return M.paired_comparison([p[0] for p in pairs], [p[1] for p in pairs], higher_is_better=higher)
+    examples = [((h.get("per_example") or {}).get(metric), (o.get("per_example") or {}).get(metric))
+                for h, o in pairs]
+    widths = {len(x) if x is not None else -1 for pair in examples for x in pair}
+    if len(widths) == 1 and -1 not in widths:  # every run has per-row values, all of one length
+        a, b = [e[0] for e in examples], [e[1] for e in examples]
+    else:
+        a, b = [h["metrics"][metric] for h, _ in pairs], [o["metrics"][metric] for _, o in pairs]
+    out = paired_difference(a, b, higher_is_better=higher, seed=seed)
+    out["outcome"] = outcome(out)
+    return out
+
+
+def outcome(cmp: Mapping[str, Any]) -> str:
+    """``beat`` / ``lost`` when the 95% interval excludes 0 (``improvement`` says which way), ``tied`` when it
+    contains 0, ``untested`` when there was nothing to resample (one seed, no per-example values)."""
+    if cmp.get("ci") is None:
+        return "untested"
+    low, high = cmp["ci"]
+    if low <= 0 <= high:
+        return "tied"
+    return "beat" if cmp["improvement"] > 0 else "lost"
+
+
+def _add_gap_closed(summary: dict[str, Any]) -> None:
+    """Share of the baseline's distance to the oracle that each method covered, per metric (1 = the oracle's
+    level, 0 = the baseline's, < 0 worse than the baseline)."""
+    oracle, base = summary["oracle"], summary["baseline"]
+    methods = summary["methods"]
+    if oracle is None or base not in methods:
+        return
+    for name, m in methods.items():
+        if name in (oracle, base):
+            continue
+        shares = {}
+        for metric in summary["metrics"]:
+            o, b, x = (methods[k]["metrics"].get(metric, {}).get("mean") for k in (oracle, base, name))
+            gap = None if None in (o, b, x) else o - b  # type: ignore[operator]
+            shares[metric] = None if not gap else (x - b) / gap  # type: ignore[operator]
+        m["gap_closed"] = shares
 
 
 def headline(summary: Mapping[str, Any]) -> str:
-    """One honest sentence: did the headline method beat the baseline on the main metric, and by how much; then
-    the cells that failed (they are in no mean), when any did."""
-    failed = (summary.get("meta") or {}).get("failed") or {}
-    note = "; ".join(f"{arm} {reason}" for arm, reasons in failed.items() for reason in reasons)
-    return _verdict(summary) + (f" FAILED cells, left out of every number: {note}." if note else "")
+    """The verdict sentences (``summary["headline"]``), recomputed from the summary's verdict."""
+    from evals.verdict import headline_text
 
-
-def _verdict(summary: Mapping[str, Any]) -> str:
-    method, base, metric = summary["headline_method"], summary["baseline"], summary["main_metric"]
-    methods = summary["methods"]
-    missing = [m for m in (method, base) if m not in methods]
-    if missing:
-        return f"No verdict: the results have no runs for {' or '.join(repr(m) for m in missing)}."
-    cmp = (methods[method]["vs_baseline"] or {}).get(metric)
-    if cmp is None:
-        return f"No verdict: {method} and {base} share no seed with a {metric} value to compare."
-    a, b = methods[method]["metrics"][metric], methods[base]["metrics"][metric]
-    verdict = "beat" if cmp["improvement"] > 0 else "tied with" if cmp["improvement"] == 0 else "did not beat"
-    rel = cmp["rel_improvement"]
-    # A percentage of a near-zero baseline (1% accuracy) says nothing; the absolute difference says it all.
-    rel_text = f" ({abs(rel):.1%} {'better' if rel > 0 else 'worse'})" if rel and abs(rel) <= 1 else ""
-    sentence = (f"{method} {verdict} {base} on {metric} ({_better_word(summary['directions'][metric])}): "
-                f"{_pm(a)} vs {_pm(b)}, a difference of {cmp['mean_diff']:+.4g}{rel_text}, "
-                f"better on {cmp['wins']} of {cmp['n']} paired seeds")
-    p, p_sign = cmp["p_t"], cmp["p_sign"]
-    if p is None:
-        return sentence + f" (n = {cmp['n']}: too few seeds for a significance test)."
-    if cmp["std_diff"] == 0:
-        return sentence + f" (the same difference on every seed, so no t-test; sign test p = {p_sign:.3g})."
-    significant = "significant" if p < _ALPHA else "not significant"
-    return sentence + f" (paired t-test p = {p:.3g}, {significant} at {_ALPHA}; sign test p = {p_sign:.3g})."
-
-
-def _better_word(way: str) -> str:
-    return "higher is better" if way == "max" else "lower is better"
+    return headline_text(summary)
 
 
 def _pm(stats: Mapping[str, Any]) -> str:
     return f"{stats['mean']:.4g} ± {stats['std']:.2g}"
 
 
+def p_text(p: float | None) -> str:
+    """See :func:`evals.verdict.p_text`."""
+    from evals.verdict import p_text as text
+
+    return text(p)
+
+
 def table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (all strings) of the one-screen comparison table the CLI renders with Rich.
 
-    Columns: method, seeds, each metric as ``mean ± std``, the main metric's change vs the baseline (signed so
-    ``+`` is better) with its paired t-test p-value, mean wall seconds and mean tokens.
+    Columns: method, seeds, each metric as ``mean ± std``, the headline method's lead over this arm on the main
+    metric (signed so ``+`` means the headline method is better) with its 95% interval and p-value, the share of
+    the baseline-to-oracle gap closed, mean wall seconds and mean tokens.
     """
     metric_names, main = summary["metrics"], summary["main_metric"]
-    delta = f"Δ {main} vs {summary['baseline']}"
-    header = ["method", "seeds", *metric_names, delta, "p (t)", "wall s", "tokens"]
+    lead = f"{summary['headline_method']} lead ({main}, 95% CI)"
+    header = ["method", "seeds", *metric_names, lead, "p", "gap closed", "wall s", "tokens"]
     rows = []
     for name, m in summary["methods"].items():
-        cmp = (m["vs_baseline"] or {}).get(main)
+        cmp = (m["vs_headline"] or {}).get(main)
+        gap = (m.get("gap_closed") or {}).get(main)
         rows.append([
             name, str(m["n_seeds"]),
             *[_pm(m["metrics"][k]) if k in m["metrics"] else "–" for k in metric_names],
-            "–" if cmp is None else f"{cmp['improvement']:+.4g}",
-            "–" if cmp is None or cmp["p_t"] is None else f"{cmp['p_t']:.3g}",
+            "–" if cmp is None else lead_text(cmp),
+            "–" if cmp is None or cmp["p"] is None else p_text(cmp["p"]).removeprefix("p = ").removeprefix("p "),
+            "–" if gap is None else f"{gap:.0%}",
             _cost_cell(m, "wall_s", "{:.1f}"), _cost_cell(m, "tokens", "{:,.0f}"),
         ])
     return header, rows
+
+
+def lead_text(cmp: Mapping[str, Any]) -> str:
+    """The headline method's improvement over an arm with its interval, both signed so + is better."""
+    if cmp["ci"] is None:
+        return f"{cmp['improvement']:+.3g}"
+    sign = 1.0 if cmp["higher_is_better"] else -1.0
+    low, high = sorted(sign * v for v in cmp["ci"])
+    return f"{cmp['improvement']:+.3g} [{low:+.3g}, {high:+.3g}]"
 
 
 def _cost_cell(method: Mapping[str, Any], key: str, fmt: str) -> str:
@@ -318,8 +370,8 @@ def _cost_cell(method: Mapping[str, Any], key: str, fmt: str) -> str:
 
 
 def rich_table(summary: Mapping[str, Any], title: str = "curate compare", caption: bool = True) -> Any:
-    """:func:`table_rows` as two Rich tables (the metrics, then the change vs the baseline and the cost), so each
-    stays whole at 80 columns: names wrap, numbers never do; captioned with the headline unless ``caption=False``."""
+    """:func:`table_rows` as two Rich tables (the metrics, then the comparison and the cost), so each stays whole
+    at 80 columns: names wrap, numbers never do; captioned with the headline unless ``caption=False``."""
     from rich.console import Group
     from rich.table import Table
 

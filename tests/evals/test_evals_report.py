@@ -1,8 +1,11 @@
 import base64
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from evals import plots, report
@@ -10,11 +13,21 @@ from evals.report import build_summary, headline, rich_table, table_rows, valida
 from solvers.common import io as _io
 
 SOURCES = ["clean", "noisy", "offtask"]
+GOLDEN = Path(__file__).parent / "golden" / "summary.json"
+N_ROWS = 120
 
 
-def _run(seed, weights, acc, loss, cost=True, trajectory=False):
-    run = {"seed": seed, "weights": dict(zip(SOURCES, weights, strict=True)),
-           "metrics": {"accuracy": acc, "target_loss": loss, "ppl": 2.0 + loss}}
+def _run(seed, weights, acc, loss, cost=True, trajectory=False, rows=True):
+    """One seed's run; with ``rows``, per-row values drawn around ``acc``/``loss`` (seeded, so reproducible)
+    and the run's metrics are their means, as compare writes them."""
+    run = {"seed": seed, "weights": dict(zip(SOURCES, weights, strict=True))}
+    if rows:
+        rng = np.random.default_rng([seed, int(acc * 1000), int(loss * 1000)])
+        correct = (rng.random(N_ROWS) < acc).astype(float).tolist()
+        losses = (loss + rng.normal(0, 0.2, N_ROWS)).tolist()
+        run["per_example"] = {"accuracy": correct, "target_loss": losses}
+        acc, loss = float(np.mean(correct)), float(np.mean(losses))
+    run["metrics"] = {"accuracy": acc, "target_loss": loss, "ppl": float(np.exp(loss))}
     if cost:
         run["cost"] = {"wall_s": 10.0 + seed, "tokens": 4096}
     if trajectory:
@@ -23,17 +36,21 @@ def _run(seed, weights, acc, loss, cost=True, trajectory=False):
     return run
 
 
-def _results(scalebio_acc=(0.50, 0.52, 0.55)):
-    return {
-        "methods": {
-            "uniform": [_run(s, [1, 1, 1], a, 1.5 - s / 100) for s, a in enumerate((0.40, 0.45, 0.47))],
-            "scalebio": [_run(s, [0.6, 0.1, 0.3], a, 1.4 - s / 100, trajectory=True)
-                         for s, a in enumerate(scalebio_acc)],
-            "temperature": [_run(s, [0.4, 0.3, 0.3], 0.44, 1.5, cost=False) for s in range(3)],
-        },
-        "target": "copy test split",
-        "meta": {"rule": "gsm8k"},
+def _results(scalebio_loss=1.20, doremi_loss=1.30, oracle=True, rows=True):
+    """uniform (worst), temperature, doremi (the best alternative), scalebio and the oracle (the ceiling)."""
+    def arm(weights, acc, loss, **kw):
+        return [_run(s, weights, acc, loss + s / 100, rows=rows, **kw) for s in range(3)]
+
+    methods = {
+        "uniform": arm([1, 1, 1], 0.30, 1.60),
+        "scalebio": arm([0.6, 0.1, 0.3], 0.55, scalebio_loss, trajectory=True),
+        "temperature": arm([0.4, 0.3, 0.3], 0.35, 1.50, cost=False),
+        "doremi": arm([0.5, 0.2, 0.3], 0.50, doremi_loss),
     }
+    if oracle:
+        methods["oracle"] = arm([1, 0, 0], 0.65, 1.00)
+    return {"methods": methods, "oracle": "oracle" if oracle else None, "target": "copy test split",
+            "meta": {"rule": "gsm8k", "oracle": "clean"}}
 
 
 @pytest.fixture(scope="module")
@@ -43,84 +60,138 @@ def written(tmp_path_factory):
     return out, write_report(_results(), out)
 
 
-METHOD_KEYS = {"n_seeds", "seeds", "metrics", "cost", "has_trajectory", "weights", "weight_stats",
-               "vs_baseline"}
-PAIRED_KEYS = {"n", "mean_diff", "std_diff", "improvement", "rel_improvement", "wins", "losses", "ties",
-               "t_stat", "p_t", "p_sign"}
+def _shape(value):
+    """The structure of a JSON value: keys and list lengths all the way down, numbers as their type."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
 
 
-def test_summary_json_golden_structure(written):
+def test_summary_json_matches_the_golden_file(written):
+    """summary.json keeps its structure and numbers; regenerate with CURATE_REGEN_GOLDEN=1 after a deliberate
+    change (and say why in the commit)."""
     tmp_path, paths = written
     assert set(paths) == {"summary", "markdown", "html", "weights", "trajectory", "metrics", "cost"}
-    assert all(p.exists() for p in paths.values())
-    summary = json.loads((tmp_path / "summary.json").read_text(),
-                         parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert set(summary) == {"schema_version", "baseline", "headline_method", "main_metric", "target",
-                            "metrics", "directions", "sources", "methods", "meta", "headline", "plots"}
-    assert summary["main_metric"] == "accuracy" and summary["metrics"] == ["accuracy", "target_loss", "ppl"]
+    text = (tmp_path / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    if os.environ.get("CURATE_REGEN_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    golden = json.loads(GOLDEN.read_text())
+    assert _shape(summary) == _shape(golden)
+    _close(summary, golden)
+
+
+def _close(a, b, path="summary"):
+    if isinstance(a, dict):
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+def test_summary_content(written):
+    summary = json.loads((written[0] / "summary.json").read_text())
+    assert summary["main_metric"] == "target_loss" and summary["metrics"] == ["target_loss", "accuracy", "ppl"]
     assert summary["directions"] == {"accuracy": "max", "target_loss": "min", "ppl": "min"}
-    assert list(summary["methods"]) == ["uniform", "scalebio", "temperature"]
+    assert list(summary["methods"]) == ["scalebio", "uniform", "temperature", "doremi", "oracle"]
     assert summary["plots"] == {n: f"{n}.png" for n in ("weights", "trajectory", "metrics", "cost")}
-    for name, m in summary["methods"].items():
-        assert set(m) == METHOD_KEYS, name
-        assert set(m["metrics"]) == {"accuracy", "target_loss", "ppl"}
-        assert set(m["metrics"]["accuracy"]) == {"mean", "std", "n", "values"}
-        assert set(m["weights"]) == {"mean", "std", "n"} and set(m["weights"]["mean"]) == set(SOURCES)
-        assert set(m["weight_stats"]) == {"entropy", "effective_sources", "tv_to_uniform", "kl_to_uniform"}
-    assert summary["methods"]["uniform"]["vs_baseline"] is None
-    assert set(summary["methods"]["scalebio"]["vs_baseline"]["accuracy"]) == PAIRED_KEYS
-    assert set(summary["methods"]["scalebio"]["cost"]) == {"wall_s", "tokens"}
+    assert summary["methods"]["scalebio"]["vs_headline"] is None
+    cmp = summary["methods"]["uniform"]["vs_headline"]
+    assert set(cmp) == {"target_loss", "accuracy"}  # ppl is exp(target_loss): shown, not tested twice
+    assert cmp["target_loss"]["n_examples"] == N_ROWS and cmp["target_loss"]["n_seeds"] == 3
     assert summary["methods"]["temperature"]["cost"] == {}
     assert summary["methods"]["uniform"]["weights"]["mean"]["clean"] == pytest.approx(1 / 3)  # normalised
-    assert summary["methods"]["scalebio"]["has_trajectory"]
-    assert not summary["methods"]["uniform"]["has_trajectory"]
+    assert summary["methods"]["scalebio"]["has_trajectory"] and not summary["methods"]["uniform"]["has_trajectory"]
 
 
-def test_paired_numbers_in_summary():
+def test_paired_numbers_are_row_level_and_signed():
     s = build_summary(_results())
-    cmp = s["methods"]["scalebio"]["vs_baseline"]
-    assert cmp["accuracy"]["mean_diff"] == pytest.approx((0.10 + 0.07 + 0.08) / 3)
-    assert cmp["accuracy"]["wins"] == 3 and cmp["accuracy"]["p_sign"] == pytest.approx(0.25)
-    assert cmp["target_loss"]["mean_diff"] == pytest.approx(-0.1)
-    assert cmp["target_loss"]["improvement"] == pytest.approx(0.1)  # lower loss is better
-    assert cmp["target_loss"]["t_stat"] is None  # -inf (identical differences) is not valid JSON
-    assert s["methods"]["scalebio"]["weight_stats"]["tv_to_uniform"] == pytest.approx(0.6 - 1 / 3)
+    uni = s["methods"]["uniform"]
+    cmp = uni["vs_headline"]["target_loss"]
+    head = s["methods"]["scalebio"]["metrics"]["target_loss"]["mean"]
+    assert cmp["mean_diff"] == pytest.approx(head - uni["metrics"]["target_loss"]["mean"])
+    assert cmp["improvement"] == pytest.approx(-cmp["mean_diff"]) and cmp["improvement"] > 0  # lower is better
+    assert cmp["ci"][0] < cmp["mean_diff"] < cmp["ci"][1] and cmp["outcome"] == "beat"
+    # the gap closed: (method - uniform) / (oracle - uniform)
+    o, u, m = (s["methods"][k]["metrics"]["target_loss"]["mean"] for k in ("oracle", "uniform", "scalebio"))
+    assert s["methods"]["scalebio"]["gap_closed"]["target_loss"] == pytest.approx((m - u) / (o - u))
 
 
 def test_pairing_is_by_seed_not_position():
     res = _results()
-    res["methods"]["scalebio"] = list(reversed(res["methods"]["scalebio"]))
-    cmp = build_summary(res)["methods"]["scalebio"]["vs_baseline"]["accuracy"]
-    assert cmp["std_diff"] == pytest.approx(build_summary(_results())["methods"]["scalebio"]["vs_baseline"][
-        "accuracy"]["std_diff"])
+    res["methods"]["doremi"] = list(reversed(res["methods"]["doremi"]))
+    flipped = build_summary(res)["methods"]["doremi"]["vs_headline"]["accuracy"]
+    assert flipped == build_summary(_results())["methods"]["doremi"]["vs_headline"]["accuracy"]
 
 
-def test_headline_beat():
-    text = build_summary(_results())["headline"]
-    assert text.startswith("scalebio beat uniform on accuracy")
-    assert "+0.08333" in text and "3 of 3 paired seeds" in text
+def test_verdict_beat_the_best_other_method_and_uniform():
+    s = build_summary(_results())
+    v = s["verdict"]
+    assert v["best_other"] == "doremi" and v["vs_best"]["outcome"] == "beat"
+    assert v["vs_baseline"]["method"] == "uniform" and v["vs_baseline"]["outcome"] == "beat"
+    assert v["oracle"]["holds"] and set(v["oracle"]["gap_closed"]) == {"scalebio", "temperature", "doremi"}
+    assert [x["metric"] for x in v["secondary"]] == ["accuracy"]
+    text = s["headline"]
+    assert text.startswith("On target_loss (lower is better), scalebio beat doremi (+0.")
+    assert ", the best other method, and beat uniform" in text and "95% CI [+" in text
+    assert "The oracle (oracle, trained on clean alone) is the ceiling" in text and "scalebio " in text
+    assert "On accuracy:" in text and f"With {N_ROWS} test rows × 3 seeds, a target_loss difference under ±" in text
 
 
-def test_headline_says_so_when_scalebio_loses():
-    text = build_summary(_results(scalebio_acc=(0.38, 0.46, 0.40)))["headline"]
-    assert text.startswith("scalebio did not beat uniform on accuracy")
-    assert "-0.02667" in text and "worse" in text and "better on 1 of 3" in text and "not significant" in text
+def test_verdict_tied_when_the_interval_contains_zero():
+    s = build_summary(_results(scalebio_loss=1.30, doremi_loss=1.30))
+    assert s["verdict"]["vs_best"]["outcome"] == "tied"
+    low, high = s["verdict"]["vs_best"]["ci"]
+    assert low < 0 < high
+    assert "scalebio tied with " in s["headline"]
 
 
-def test_headline_on_a_loss_metric_and_edge_cases():
-    res = _results()
-    res["main_metric"] = "target_loss"
-    text = build_summary(res)["headline"]
-    assert text.startswith("scalebio beat uniform on target_loss (lower is better)")
-    assert "same difference on every seed, so no t-test" in text  # not a misleading "p = 0"
-    uniform = [_run(0, [1, 1, 1], 0.4, 1.0)]
-    one_seed = {"methods": {"uniform": uniform, "scalebio": [_run(0, [1, 0, 0], 0.4, 1.0)]}}
+def test_verdict_lost_to_the_best_other_method():
+    s = build_summary(_results(scalebio_loss=1.45, doremi_loss=1.20))
+    v = s["verdict"]
+    assert v["best_other"] == "doremi" and v["vs_best"]["outcome"] == "lost" and v["vs_best"]["ci"][1] < 0
+    assert "scalebio lost to doremi (-0." in s["headline"]
+
+
+def test_an_oracle_that_a_method_beats_is_no_ceiling():
+    res = _results(scalebio_loss=0.80)
+    s = build_summary(res)
+    assert not s["verdict"]["oracle"]["holds"] and s["verdict"]["oracle"]["above"] == ["scalebio"]
+    assert "is no ceiling here: scalebio did better" in s["headline"]
+
+
+def test_main_metric_is_configurable_and_checked():
+    s = build_summary({**_results(), "main_metric": "accuracy"})
+    assert s["main_metric"] == "accuracy" and s["headline"].startswith("On accuracy (higher is better)")
+    assert [x["metric"] for x in s["verdict"]["secondary"]] == ["target_loss"]
+    with pytest.raises(ValueError, match="main_metric"):
+        build_summary({**_results(), "main_metric": "bleu"})
+
+
+def test_seed_level_metrics_one_seed_and_missing_arms():
+    seeds_only = build_summary(_results(rows=False))  # no per-row values: the bootstrap is over the 3 seeds
+    cmp = seeds_only["methods"]["doremi"]["vs_headline"]["target_loss"]
+    assert cmp["n_examples"] == 1 and cmp["ci"] is not None and cmp["p_wilcoxon"] is None
+    uniform = [_run(0, [1, 1, 1], 0.4, 1.0, rows=False)]
+    one_seed = {"methods": {"uniform": uniform, "scalebio": [_run(0, [1, 0, 0], 0.4, 1.0, rows=False)]}}
     text = build_summary(one_seed)["headline"]
-    assert text.startswith("scalebio tied with uniform") and "too few seeds" in text
+    assert text.startswith("On target_loss (lower is better), scalebio was not tested against uniform")
+    assert "no interval" in text
+    rows_one_seed = {"methods": {"uniform": [_run(0, [1, 1, 1], 0.4, 1.5)],
+                                 "scalebio": [_run(0, [1, 0, 0], 0.5, 1.2)]}}
+    assert "one seed: the intervals cover test-row noise only" in build_summary(rows_one_seed)["headline"]
     no_method = {"methods": {"uniform": uniform}}
     assert build_summary(no_method)["headline"] == "No verdict: the results have no runs for 'scalebio'."
-    disjoint = {"methods": {"uniform": uniform, "scalebio": [_run(5, [1, 0, 0], 0.5, 1.0)]}}
-    assert headline(build_summary(disjoint)).startswith("No verdict: scalebio and uniform share no seed")
+    disjoint = {"methods": {"uniform": uniform, "scalebio": [_run(5, [1, 0, 0], 0.5, 1.0, rows=False)]}}
+    assert headline(build_summary(disjoint)).startswith("No verdict: no other arm shares a seed with scalebio")
 
 
 def test_validate_results_lists_every_problem():
@@ -152,7 +223,7 @@ def test_html_is_self_contained(written):
         assert base64.b64decode(uri.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
     assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
-    assert "scalebio beat uniform" in html
+    assert "scalebio beat doremi" in html
 
 
 def test_markdown_references_written_plots(written):
@@ -160,17 +231,20 @@ def test_markdown_references_written_plots(written):
     md = (tmp_path / "report.md").read_text()
     for file in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (tmp_path / file).is_file()
-    assert "## Versus uniform, paired by seed" in md and "| scalebio | accuracy |" in md
+    assert "## scalebio versus every other arm, paired by test row and seed" in md
+    assert "| doremi | accuracy |" in md and "| uniform | target_loss |" in md
 
 
 def test_table_rows_and_rich_table():
     s = build_summary(_results())
     header, rows = table_rows(s)
-    assert header[:5] == ["method", "seeds", "accuracy", "target_loss", "ppl"]
-    assert [r[0] for r in rows] == ["uniform", "scalebio", "temperature"]
+    assert header[:5] == ["method", "seeds", "target_loss", "accuracy", "ppl"]
+    assert header[5] == "scalebio lead (target_loss, 95% CI)"
+    assert [r[0] for r in rows] == ["scalebio", "uniform", "temperature", "doremi", "oracle"]
     assert all(len(r) == len(header) for r in rows)
-    assert rows[1][2] == "0.5233 ± 0.025" and rows[1][5] == "+0.08333"
     assert rows[0][5] == "–" and rows[2][-1] == "–"
+    assert re.fullmatch(r"\+0\.\d+ \[\+0\.\d+, \+0\.\d+\]", rows[1][5])  # scalebio leads uniform: all +
+    assert rows[4][5].startswith("-") and rows[1][7] == "–" and rows[0][7].endswith("%")
     from rich.console import Console
 
     console = Console(record=True, width=200)
@@ -202,8 +276,8 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 def test_rewrite_replaces_files(written, tmp_path):
     shutil.copytree(written[0], tmp_path, dirs_exist_ok=True)
-    write_report(_results(scalebio_acc=(0.3, 0.3, 0.3)), tmp_path)
-    assert "did not beat" in json.loads((tmp_path / "summary.json").read_text())["headline"]
+    write_report(_results(scalebio_loss=1.45, doremi_loss=1.20), tmp_path)
+    assert "lost to doremi" in json.loads((tmp_path / "summary.json").read_text())["headline"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
