@@ -2,9 +2,15 @@
 
 For each seed: one base model (``--model tiny`` is built once per seed and saved, so every method and every
 fine-tune starts from identical weights); for each method: reweight -> resample ``budget`` rows -> fine-tune the
-base with the fixed recipe -> held-out loss and greedy exact-match accuracy on the target's test rows. Each finished
+base with the fixed recipe (``curate.recipe``) -> held-out loss, greedy exact-match accuracy and any plug-in
+evaluations on the target's test rows, each with its per-row values (``curate.evaluate``). Each finished
 (method, seed) cell is saved as JSON, so an interrupted compare resumes where it stopped. An ``oracle`` arm trains
-on one named source alone, as a ceiling.
+on one named source alone, as a ceiling. The report (``evals.report``) pairs the headline method with every other
+arm by test row and seed.
+
+Progress goes to ``on_event`` as dicts with an ``"event"`` key: ``start`` (``total`` cells), ``cell`` (``arm``,
+``seed``, ``index``, ``cached``), ``phase`` (``phase``: method, fine-tune or evaluate; ``total`` steps or None),
+``step`` (a training step's row) and ``done`` (``arm``, ``seed``, ``wall_s``, ``status``: ok, cached or failed).
 """
 
 from __future__ import annotations
@@ -23,37 +29,22 @@ from curate import methods
 from curate.corpus import Rows, load_split, read_parquet_rows
 from curate.db import open_db
 from curate.errors import ConfigError, CurateError, DataError
+from curate.evaluate import Evaluations, evaluate_arm
 from curate.io import write_json
-from curate.modeling import TinyModel, load_model, save_base, tokenize
+from curate.modeling import TinyModel, load_model, save_base
 from curate.pipeline import job_for, reweight
+from curate.recipe import Recipe, finetune_arm, resolved_steps, save_for_eval
 from curate.runs import CompareFolder, RunFolder
 from curate.settings import ReweightSettings
+
+__all__ = ["DEFAULT_METHODS", "CompareSettings", "Recipe", "compare"]
+
+Event = Callable[[dict[str, Any]], None]
+BUILT_IN_METRICS = ("target_loss", "accuracy")
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("uniform", "temperature", "less", "rho", "doremi", "scalebio")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The one fine-tuning recipe every method's data is trained with."""
-
-    steps: int = 300
-    lr: float = 3e-3
-    batch_size: int = 16
-    eval_rule: str = "last_number"
-    eval_limit: int = 200
-    max_new_tokens: int = 8
-
-    def __post_init__(self) -> None:
-        from evals.extract import RULES
-
-        if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
-            raise ValueError("recipe steps, batch_size and lr must be > 0")
-        if self.eval_rule not in RULES:
-            raise ValueError(f"recipe.eval_rule: {self.eval_rule!r} is not one of {', '.join(RULES)}")
-        if self.eval_limit < 1 or self.max_new_tokens < 1:
-            raise ValueError("recipe.eval_limit and recipe.max_new_tokens must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -69,6 +60,10 @@ class CompareSettings:
     eval_split: str = "test"
     reweight: ReweightSettings = field(default_factory=ReweightSettings)
     recipe: Recipe = field(default_factory=Recipe)
+    main_metric: str = "target_loss"
+    """The metric the verdict is about: target_loss (smooth, ranks methods with few seeds), accuracy, judge, or
+    an lm-eval ``task/metric``."""
+    evaluations: Evaluations = field(default_factory=Evaluations)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in methods.METHODS]
@@ -77,6 +72,18 @@ class CompareSettings:
         if self.seeds < 1 or self.budget < 1:
             raise ValueError("--seeds and --budget must be >= 1")
         self.check_methods()
+        self.check_main_metric()
+
+    def check_main_metric(self) -> None:
+        """Refuse a main metric no evaluation will produce, before any arm trains."""
+        ev = self.evaluations
+        known = [*BUILT_IN_METRICS, *(["judge"] if ev.judge is not None else [])]
+        if self.main_metric in known or any(self.main_metric.startswith(f"{t}/") for t in ev.lm_eval):
+            return
+        tasks = ", ".join(f"{t}/<metric>" for t in ev.lm_eval)
+        raise ConfigError(f"main_metric={self.main_metric}: no evaluation gives it; use one of "
+                          f"{', '.join(known)}{', ' + tasks if tasks else ''} (judge needs --judge URL, "
+                          "task metrics --eval lm-eval:TASK)")
 
     def check_methods(self) -> None:
         """Build every method's config now, so a bad key stops compare before the first arm trains.
@@ -99,13 +106,13 @@ class CompareSettings:
             method_config(replace(rw, method=name))
 
 
-def compare(db: Path, settings: CompareSettings, out_dir: Path, *,
-            on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def compare(db: Path, settings: CompareSettings, out_dir: Path, *, on_event: Event | None = None) -> dict[str, Any]:
     """Run (or resume) the comparison and write the report; returns the results dict given to the report.
 
-    Progress goes to the ``curate.compare`` logger (one line per cell)."""
+    Progress goes to ``on_event`` (see the module docstring) and to the ``curate.compare`` logger."""
     from evals.report import write_report
 
+    emit = on_event or (lambda event: None)
     folder = CompareFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = _jsonable(settings)
@@ -115,45 +122,79 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *,
     if settings.oracle:
         _check_oracle(db, settings.oracle)
     arms = list(settings.methods) + (["oracle"] if settings.oracle else [])
+    seeds = range(settings.seed, settings.seed + settings.seeds)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in arms}
     failed: dict[str, list[str]] = {}
-    for seed in range(settings.seed, settings.seed + settings.seeds):
+    failed_evals: dict[str, list[str]] = {}
+    emit({"event": "start", "total": len(arms) * len(seeds), "arms": arms, "seeds": list(seeds)})
+    for seed in seeds:
         base, max_len = _base_model(db, settings, folder.base(seed), seed)
+        resolved = replace(settings, reweight=replace(settings.reweight, max_len=max_len))
         for arm in arms:
-            cell = folder.cell(arm, seed)
-            done = json.loads(cell.read_text()) if cell.exists() else {}
-            # a finished cell is reused only under the same settings, and a failed one never
-            if done.get("config_hash") != config_hash or done.get("failed"):
-                log.info("seed %d: %s", seed, arm)
-                resolved = replace(settings, reweight=replace(settings.reweight, max_len=max_len))
-                done = {**_checked_cell(db, resolved, arm, seed, base, test, folder, on_step),
-                        "config_hash": config_hash}
-                write_json(cell, done)
+            done = _cell(db, resolved, arm, seed, base, test, folder, config_hash, emit, len(results[arm]))
             if done.get("failed"):
                 failed.setdefault(arm, []).append(f"seed {seed}: {done['failed']}")
                 log.warning("%s seed %d failed: %s", arm, seed, done["failed"])
                 continue
-            results[arm].append({k: v for k, v in done.items() if k != "config_hash"})
+            for what, reason in (done.get("failed_evals") or {}).items():
+                failed_evals.setdefault(arm, []).append(f"seed {seed} {what}: {reason}")
+            results[arm].append({k: v for k, v in done.items() if k not in ("config_hash", "failed_evals")})
     results = {arm: runs for arm, runs in results.items() if runs}
     if not results:
         raise DataError("compare: every cell failed (" + "; ".join(f"{a} {r[0]}" for a, r in failed.items())
                         + "); fix the settings the messages name and run the same command again")
-    report = {"methods": results, "baseline": "uniform" if "uniform" in arms else arms[0],
-              "headline_method": "scalebio" if "scalebio" in arms else arms[-1], "main_metric": "accuracy",
-              "target": f"{settings.reweight.target} -> {settings.eval_split} split ({len(test)} rows)",
-              "meta": {"budget": settings.budget, "recipe": _jsonable(settings.recipe), "oracle": settings.oracle,
-                       "failed": failed}}
+    report = _report(settings, results, test, {"failed": failed, "failed_evals": failed_evals})
     write_report(report, out_dir)
     return report
 
 
+def _cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, folder: CompareFolder,
+          config_hash: str, emit: Event, index: int) -> dict[str, Any]:
+    """One (arm, seed) cell: the cached one when it finished under the same settings, else run and cache it."""
+    path = folder.cell(arm, seed)
+    done = json.loads(path.read_text()) if path.exists() else {}
+    # a finished cell is reused only under the same settings, and a failed one (or a failed evaluation) never
+    cached = done.get("config_hash") == config_hash and not done.get("failed") and not done.get("failed_evals")
+    emit({"event": "cell", "arm": arm, "seed": seed, "cached": cached})
+    if not cached:
+        done = {**_checked_cell(db, settings, arm, seed, base, test, folder, emit), "config_hash": config_hash}
+        write_json(path, done)
+    status = "failed" if done.get("failed") else "cached" if cached else "ok"
+    emit({"event": "done", "arm": arm, "seed": seed, "status": status,
+          "wall_s": (done.get("cost") or {}).get("wall_s")})
+    return done
+
+
+def _report(settings: CompareSettings, results: dict[str, list[dict[str, Any]]], test: Rows,
+            meta: dict[str, Any]) -> dict[str, Any]:
+    """The results dict :func:`evals.report.write_report` reads (``evals.report.RESULTS``)."""
+    arms = list(results)
+    directions: dict[str, str] = {}
+    for runs in results.values():
+        for run in runs:
+            directions.update(run.pop("directions", None) or {})
+    main = settings.main_metric
+    if not any(main in run["metrics"] for runs in results.values() for run in runs):
+        meta["notes"] = [f"main_metric={main}: no arm has it (see failed_evals); the verdict is on target_loss"]
+        log.warning(meta["notes"][0])
+        main = "target_loss"
+    headline_method = "scalebio" if "scalebio" in arms else arms[-1]
+    others = [a for a in arms if a not in (headline_method, "oracle")]
+    return {"methods": results, "baseline": "uniform" if "uniform" in arms else (others or arms)[0],
+            "headline_method": headline_method, "oracle": "oracle" if "oracle" in arms else None,
+            "main_metric": main, "directions": directions,
+            "target": f"{settings.reweight.target} -> {settings.eval_split} split ({len(test)} rows)",
+            "meta": {"budget": settings.budget, "recipe": _jsonable(settings.recipe), "oracle": settings.oracle,
+                     "seeds": settings.seeds, **meta}}
+
+
 def _checked_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows,
-                  folder: CompareFolder, on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+                  folder: CompareFolder, emit: Event) -> dict[str, Any]:
     """One cell, or ``{"seed", "failed": reason}`` when its method or fine-tune stops on the data (a NaN loss, a
     source left without rows) or a metric comes out non-finite: the other arms still run and report."""
     try:
         cell = _run_cell(db, settings, arm, seed, base, test, folder.run(arm, seed), folder.run_id(arm, seed),
-                         on_step)
+                         emit)
     except (CurateError, FloatingPointError) as e:
         return {"seed": seed, "failed": str(e)}
     bad = [k for k, v in cell["metrics"].items() if not (isinstance(v, int | float) and math.isfinite(v))]
@@ -201,21 +242,27 @@ def _base_model(db: Path, settings: CompareSettings, dest: RunFolder, seed: int)
 
 
 def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, run: RunFolder,
-              run_id: str, on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+              run_id: str, emit: Event) -> dict[str, Any]:
     start = time.perf_counter()
+    step: Event = lambda row: emit({"event": "step", **row})  # noqa: E731
     if arm == "oracle":
         run.root.mkdir(parents=True, exist_ok=True)
         weights, trajectory = _oracle(db, settings.oracle or "", run, settings.budget, seed), None
     else:
         rw = replace(settings.reweight, method=arm, seed=seed, model=str(base), budget=settings.budget)
-        outcome = reweight(job_for(db, rw, run.root, run_id, overwrite=True), on_step=on_step)  # a stale cell's run
+        job = job_for(db, rw, run.root, run_id, overwrite=True)  # overwrite: a stale cell's run
+        emit({"event": "phase", "phase": "method", "total": job.total_steps})
+        outcome = reweight(job, on_step=step)
         weights = outcome.weights if outcome is not None else {}  # one process: always the writer
         trajectory = _trajectory(run) if arm == "scalebio" else None
     method_s = time.perf_counter() - start
-    metrics, tokens = _train_and_eval(settings, base, run, test, seed)
-    cell = {"seed": seed, "weights": weights, "metrics": metrics,
+    scores, tokens = _train_and_eval(settings, base, run, test, seed, emit)
+    cell = {"seed": seed, "weights": weights, "metrics": scores.metrics, "per_example": scores.per_example,
+            "directions": scores.directions,
             "cost": {"wall_s": round(time.perf_counter() - start, 2), "method_s": round(method_s, 2),
                      "tokens": tokens}}
+    if scores.failed:
+        cell["failed_evals"] = scores.failed
     if trajectory:
         cell["trajectory"] = trajectory
     return cell
@@ -246,35 +293,19 @@ def _trajectory(run: RunFolder) -> list[dict[str, Any]] | None:
     return [{k: v for k, v in r.items() if k == "step" or k.startswith("p_")} for r in rows[::keep]]
 
 
-def _train_and_eval(settings: CompareSettings, base: Path, run: RunFolder, test: Rows,
-                    seed: int) -> tuple[dict[str, float], int]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from curate.modeling import quiet_hf
-    from evals.harness import generation_accuracy, heldout_loss
-    from solvers.sft import finetune
-
-    quiet_hf()
-
+def _train_and_eval(settings: CompareSettings, base: Path, run: RunFolder, test: Rows, seed: int,
+                    emit: Event) -> tuple[Any, int]:
+    """Fine-tune the base on the arm's resampled rows with the recipe, then evaluate it on the test rows."""
     rw, recipe = settings.reweight, settings.recipe
-    max_len = int(rw.max_len)  # compare() resolved auto before the cells ran
-    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
-    model: Any = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
-    train_rows = read_parquet_rows(run.data_files())
-    sources = sorted(set(train_rows.sources))
-    data = tokenize(train_rows, tok, sources, max_len, rw.template, rw.truncation)
-    model, history = finetune(model, data, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size,
-                              seed=seed)
-    test_sources = sorted(set(test.sources))
-    loss = heldout_loss(model, tokenize(test, tok, test_sources, max_len, rw.template, rw.truncation),
-                        batch_size=32)
-    n = min(len(test), recipe.eval_limit)
-    # the generation prefix is cut as in training (the prompt's start goes first), leaving room for the answer
-    prefix = max(max_len // 2, max_len - recipe.max_new_tokens)
-    acc = generation_accuracy(model, tok, test.prompts[:n], test.responses[:n], recipe.eval_rule,  # type: ignore[arg-type]
-                              template=rw.template, max_new_tokens=recipe.max_new_tokens, max_prompt_len=prefix)
-    tokens = int(sum(history.get("n_tokens", [])))  # trained (response) tokens, the fine-tune's real cost
-    return {"accuracy": acc["accuracy"], "target_loss": loss["loss"], "ppl": loss["ppl"]}, tokens
+    rows = read_parquet_rows(run.data_files())
+    emit({"event": "phase", "phase": "fine-tune", "total": resolved_steps(recipe, len(rows))})
+    model, tok, tokens = finetune_arm(rw, recipe, base, rows, seed, on_step=lambda row: emit({"event": "step", **row}))
+    emit({"event": "phase", "phase": "evaluate", "total": None})
+    scores = evaluate_arm(model, tok, test, max_len=int(rw.max_len), template=rw.template,  # resolved in compare()
+                          truncation=rw.truncation, eval_rule=recipe.eval_rule, eval_limit=recipe.eval_limit,
+                          max_new_tokens=recipe.max_new_tokens, evaluations=settings.evaluations,
+                          save_model=lambda: save_for_eval(model, tok, run.root / "model"))
+    return scores, tokens
 
 
 def _jsonable(obj: Any) -> Any:

@@ -71,7 +71,9 @@ def build(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
         # "ScaleBiOConfig.steps must be > 0" is written "scalebio.steps" on the command line
         if msg.startswith("--"):  # already names the flag
             raise ConfigError(msg) from None
-        raise ConfigError(f"{where}.{msg[len(internal):]}" if msg.startswith(internal) else f"{where}: {msg}") from None
+        if msg.startswith(internal):
+            raise ConfigError(f"{where}.{msg[len(internal):]}") from None
+        raise ConfigError(msg if msg.startswith(f"{where}.") else f"{where}: {msg}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -79,6 +81,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is Any or value is None:
         return value
     if origin in (typing.Union, types.UnionType):
+        if type(None) in typing.get_args(hint) and isinstance(value, str) and value.strip().lower() == "none":
+            return None  # `recipe.epochs=none` on the command line: YAML only reads null and ~ as None
         for arg in typing.get_args(hint):
             if arg is type(None):
                 continue

@@ -1,10 +1,9 @@
-"""Evaluate a fine-tuned model on the target: held-out loss, greedy generation accuracy, optional lm-eval.
+"""Evaluate a fine-tuned model on the target: held-out loss and greedy generation accuracy.
 
-Three views of "is the target model better", cheapest first. ``heldout_loss`` is a teacher-forced
+Two views of "is the target model better", cheapest first. ``heldout_loss`` is a teacher-forced
 response-token NLL, smooth enough to rank methods with few seeds. ``generation_accuracy`` decodes greedily and
-checks extracted answers, which is what users care about but is noisy on tiny models. ``run_lm_eval`` hands a
-saved model folder to EleutherAI's harness for standard benchmarks when it is installed (it is not a
-dependency).
+checks extracted answers, which is what users care about but is noisy on tiny models. Standard benchmarks
+through EleutherAI's lm-evaluation-harness live in ``evals.lmeval``.
 
 Usage::
 
@@ -19,8 +18,6 @@ one-by-one decoding agree.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -54,6 +51,7 @@ def heldout_loss(model: nn.Module, data: TokenizedSet, batch_size: int) -> dict[
         ``{"loss", "ppl", "per_source": {source: loss}, "per_source_example_mean": {source: loss},
         "n_examples", "n_tokens", "per_source_tokens": {source: n}}``. Sources without rows are absent; rows
         with no response tokens count towards ``n_examples`` only (``loss`` is NaN if no row has any).
+        ``per_example`` has one value per row whose mean is ``loss`` (:func:`_per_example_loss`).
     """
     if len(data) == 0 or batch_size < 1:
         raise ValueError(f"heldout_loss: need rows and batch_size >= 1 (got {len(data)} rows, {batch_size})")
@@ -73,7 +71,14 @@ def heldout_loss(model: nn.Module, data: TokenizedSet, batch_size: int) -> dict[
         "n_tokens": total_tokens,
         "per_source_tokens": {name: sum(c for c, s in zip(counts, src, strict=True) if s == k)
                               for k, name in enumerate(data.sources) if k in src},
+        "per_example": _per_example_loss(sums, total_tokens / len(data)),
     }
+
+
+def _per_example_loss(sums: list[float], mean_tokens: float) -> list[float]:
+    """Each row's summed NLL over the mean token count: their plain mean is the token-mean ``loss``, so paired
+    statistics over rows (``evals.stats``) test exactly the number the report shows."""
+    return [s / mean_tokens if mean_tokens else 0.0 for s in sums]
 
 
 def _example_token_sums(model: nn.Module, data: TokenizedSet,
@@ -120,7 +125,8 @@ def generation_accuracy(model: nn.Module, tokenizer: Any, prompts: Sequence[str]
     Returns:
         ``{"accuracy", "n", "n_correct", "n_unparsed", "rule", "template", "max_new_tokens", "decoding":
         "greedy", "examples": [{"prompt", "gold", "pred", "output", "correct"}, ...]}`` with the first
-        ``N_EXAMPLES`` examples; ``pred`` is None when the rule found no answer.
+        ``N_EXAMPLES`` examples; ``pred`` is None when the rule found no answer. ``per_example`` is 1.0/0.0 per
+        prompt and ``outputs`` every generated text, in prompt order (for paired statistics and a judge).
     """
     if len(prompts) != len(answers):
         raise ValueError(f"generation_accuracy: {len(prompts)} prompts but {len(answers)} answers")
@@ -143,6 +149,8 @@ def generation_accuracy(model: nn.Module, tokenizer: Any, prompts: Sequence[str]
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
         "examples": examples,
+        "per_example": [float(c) for c in correct],
+        "outputs": outputs,
     }
 
 
@@ -201,41 +209,3 @@ def _decode_new(tokenizer: Any, new_ids: list[int], eos_ids: list[int]) -> str:
             new_ids = new_ids[:k]
             break
     return str(tokenizer.decode(new_ids, skip_special_tokens=True))
-
-
-def run_lm_eval(model_dir: str, tasks: Sequence[str], *, batch_size: int | str = 8,
-                num_fewshot: int | None = None, limit: int | float | None = None, device: str = "cpu",
-                dtype: str = "auto") -> dict[str, Any]:
-    """Score a saved Hugging Face model folder on standard benchmarks with EleutherAI's lm-evaluation-harness.
-
-    lm-eval is optional (it pulls in many packages); nothing is downloaded here, so its task data must already
-    be in the local HF cache when running offline.
-
-    Args:
-        model_dir: Folder written by ``save_pretrained`` (model and tokenizer).
-        tasks: lm-eval task names, e.g. ``["gsm8k", "hellaswag"]``.
-        batch_size: Passed through; lm-eval also accepts ``"auto"``.
-        num_fewshot: Few-shot examples per prompt (task default when None).
-        limit: Examples per task (int) or fraction (float), for quick checks.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        dtype: Model dtype passed in ``model_args``.
-
-    Returns:
-        lm-eval's per-task ``results`` mapping (task -> metric -> value), plus ``"_config"`` with the call's
-        settings so a report can show how the numbers were made.
-
-    Raises:
-        ImportError: lm-eval is not installed; the message gives the install command.
-    """
-    if importlib.util.find_spec("lm_eval") is None:
-        raise ImportError("run_lm_eval needs EleutherAI's lm-evaluation-harness: pip install lm-eval")
-    if not tasks:
-        raise ValueError("run_lm_eval: no tasks given")
-    lm_eval = importlib.import_module("lm_eval")
-    out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={model_dir},dtype={dtype}", tasks=list(tasks),
-        num_fewshot=num_fewshot, batch_size=batch_size, limit=limit, device=device,
-    )
-    config = {"model_dir": model_dir, "tasks": list(tasks), "num_fewshot": num_fewshot, "limit": limit,
-              "batch_size": batch_size, "device": device, "dtype": dtype}
-    return {**dict(out["results"]), "_config": config}

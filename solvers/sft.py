@@ -21,6 +21,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Literal
 
@@ -67,6 +68,7 @@ def finetune(
     mode: SamplerMode = "proportional",
     stage: str = "sft",
     on_step: StepCallback | None = None,
+    autocast_bf16: bool = False,
 ) -> tuple[nn.Module, dict[str, list[float]]]:
     """Fine-tune ``model`` in place on ``data``; the defaults are the fixed comparison recipe.
 
@@ -92,6 +94,9 @@ def finetune(
         stage: The ``stage`` of each step record, so a caller running several loops can tell them apart.
         on_step: Called after each step with ``{"stage", "step", "loss", "lr", "grad_norm", "n_tokens"}``, e.g.
             for a progress bar.
+        autocast_bf16: Run the forward pass (so also its backward) under CUDA bf16 autocast (faster on
+            a GPU); the weights, gradients and optimizer state stay in the model's dtype (fp32), and the loss is
+            taken on fp32 logits. CUDA only.
 
     Returns:
         The trained model (the same object) and the history ``{"loss", "lr", "grad_norm", "n_tokens"}``, one
@@ -99,11 +104,13 @@ def finetune(
 
     Raises:
         ValueError: On an empty ``data``, a non-positive ``steps``/``lr``/``batch_size``, a warmup ratio outside
-            ``[0, 1)`` or an unknown ``schedule``.
+            ``[0, 1)``, an unknown ``schedule`` or ``autocast_bf16`` on a model that is not on CUDA.
         FloatingPointError: When a batch loss is NaN or infinite (the step is not applied).
     """
     _check_args(data, steps, lr, batch_size, warmup_ratio, schedule)
     device = next(model.parameters()).device
+    if autocast_bf16 and device.type != "cuda":
+        raise ValueError(f"finetune: autocast_bf16 needs a CUDA model, got one on {device}")
     warmup_steps = math.ceil(warmup_ratio * steps) if schedule == "cosine" else 0
     groups = _param_groups(model, weight_decay, decay_all)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
@@ -116,7 +123,8 @@ def finetune(
             torch.manual_seed(seed)
             for step in range(steps):
                 step_lr = lr_at(step, steps, lr, warmup_steps) if schedule == "cosine" else lr
-                metrics = _train_step(model, optimizer, _to(sampler.next(), device), step_lr, step, grad_clip)
+                metrics = _train_step(model, optimizer, _to(sampler.next(), device), step_lr, step, grad_clip,
+                                      autocast_bf16)
                 for key, value in metrics.items():
                     history[key].append(value)
                 if on_step is not None:
@@ -127,10 +135,11 @@ def finetune(
 
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-                step_lr: float, step: int, grad_clip: float | None) -> dict[str, float]:
+                step_lr: float, step: int, grad_clip: float | None, autocast_bf16: bool = False) -> dict[str, float]:
     for group in optimizer.param_groups:
         group["lr"] = step_lr
-    loss = token_mean_loss(model, batch)
+    with _autocast(autocast_bf16):
+        loss = token_mean_loss(model, batch)  # token_losses upcasts the logits, so the loss itself is fp32
     if not torch.isfinite(loss):
         raise FloatingPointError(f"finetune: loss is {loss.item()} at step {step}; lower lr or check data")
     optimizer.zero_grad(set_to_none=True)
@@ -165,6 +174,10 @@ def _check_args(data: TokenizedSet, steps: int, lr: float, batch_size: int, warm
         raise ValueError(f"finetune: warmup_ratio must be in [0, 1) (got {warmup_ratio})")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"finetune: schedule must be 'cosine' or 'constant' (got {schedule!r})")
+
+
+def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from curate.cli._common import Quiet, guarded, out
+from curate.cli._common import JsonLogs, Quiet, guarded, out
 
 
 def register(app: typer.Typer) -> None:
@@ -20,13 +20,16 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Demo folder (corpus, database, runs, report).")] = Path(
         "demo"),
     seeds: Annotated[int, typer.Option(help="Seeds per method.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="The first seed (runs seeds SEED .. SEED+SEEDS-1).")] = 0,
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = (
         "uniform,temperature,less,rho,doremi,scalebio"),
     quiet: Quiet = False,
+    json_logs: JsonLogs = False,
 ) -> None:
     """Build a reasoning-gym corpus with planted bad sources, run every method, compare, report."""
     from curate.cli.compare import print_summary, settings_for
     from curate.cli.ingest import report_table
+    from curate.cli.progress import compare_progress
     from curate.compare import compare
     from curate.db import open_db
     from curate.demo import DEMO_BUDGET, DEMO_CONFIG, build_corpus
@@ -40,7 +43,9 @@ def demo(
         reports += ingest_paths(con, [files["target_test"]], split="test", source="target")
     if not quiet:
         out.print(report_table(reports, db))
-    settings = settings_for(copy.deepcopy(DEMO_CONFIG), methods, DEMO_BUDGET, seeds, "val", "test", "tiny", "arith")
-    report = compare(db, settings, out_dir / "compare")
+    settings = settings_for(copy.deepcopy(DEMO_CONFIG), methods, DEMO_BUDGET, seeds, "val", "test", "tiny", "arith",
+                            seed)
+    with compare_progress(quiet, json_logs) as on_event:
+        report = compare(db, settings, out_dir / "compare", on_event=on_event)
     print_summary(report, f"demo: 2-term arithmetic after fine-tuning on each method's {DEMO_BUDGET} rows",
                   out_dir / "compare" / "report.html")

@@ -1,4 +1,5 @@
-"""A Rich progress bar for training loops: step, ETA, tokens/s, target loss and the heaviest sources.
+"""Rich progress bars: a training loop's (step, ETA, tokens/s, target loss, heaviest sources) and compare's
+(cells done, elapsed, ETA, the current arm's stage and its steps).
 
 With ``--quiet`` nothing is drawn; with ``--json-logs`` each step is one JSON line on stderr instead; when stderr
 is not a terminal (a log file, CI) a plain line is written every tenth of the run instead of a bar.
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from curate.cli._common import err
 
@@ -71,3 +72,69 @@ def step_progress(total: int | None, label: str, quiet: bool, json_logs: bool) -
                        info=_describe(row))
 
         yield advance
+
+
+@contextmanager
+def compare_progress(quiet: bool, json_logs: bool) -> Iterator[Any]:
+    """Yield an ``on_event(event)`` callback for :func:`curate.compare.compare`: one bar over the (arm, seed)
+    cells with elapsed time and ETA, one over the current stage's steps, and a line per finished cell."""
+    if json_logs:
+        def log(event: dict[str, Any]) -> None:
+            sys.stderr.write(json.dumps(event, default=str) + "\n")
+
+        yield log
+        return
+    if quiet:
+        yield lambda event: None
+        return
+    state: dict[str, Any] = {"n": 0, "total": 0, "cell": ""}
+    if not err.is_terminal:
+        yield lambda event: _compare_line(state, event)
+        return
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+    with Progress(*cols, console=err, transient=False) as bar:
+        cells = bar.add_task("compare", total=None, info="")
+        stage = bar.add_task("", total=None, info="", visible=False)
+        yield lambda event: _compare_bar(bar, cells, stage, state, event)
+
+
+def _done_text(state: dict[str, Any], event: dict[str, Any]) -> str:
+    wall = event.get("wall_s")
+    what = {"cached": "reused (finished earlier under the same settings)", "failed": "FAILED (see the summary)"}.get(
+        event["status"], f"done in {wall:.0f} s" if wall is not None else "done")
+    return f"compare {state['n']}/{state['total']}: seed {event['seed']} {event['arm']} {what}"
+
+
+def _compare_line(state: dict[str, Any], event: dict[str, Any]) -> None:
+    kind = event["event"]
+    if kind == "start":
+        state["total"] = event["total"]
+    elif kind == "cell":
+        state["cell"] = f"seed {event['seed']} {event['arm']}"
+    elif kind == "phase":
+        steps = f" ({event['total']} steps)" if event.get("total") else ""
+        err.print(f"  {state['cell']}: {event['phase']}{steps}", highlight=False, markup=False)
+    elif kind == "done":
+        state["n"] += 1
+        err.print(_done_text(state, event), highlight=False, markup=False)
+
+
+def _compare_bar(bar: Progress, cells: Any, stage: Any, state: dict[str, Any], event: dict[str, Any]) -> None:
+    kind = event["event"]
+    if kind == "start":
+        state["total"] = event["total"]
+        bar.update(cells, total=event["total"])
+    elif kind == "cell":
+        state["cell"] = f"seed {event['seed']} · {event['arm']}"
+        bar.update(cells, info=state["cell"])
+    elif kind == "phase":
+        bar.reset(stage, total=event.get("total"), description=f"  {event['phase']}", info="", visible=True)
+        bar.update(cells, info=f"{state['cell']} · {event['phase']}")
+    elif kind == "step":
+        bar.update(stage, advance=1, info=_describe(event))
+    elif kind == "done":
+        state["n"] += 1
+        bar.update(cells, completed=state["n"])
+        bar.update(stage, visible=False)
+        bar.console.print(_done_text(state, event), highlight=False, markup=False)

@@ -1,7 +1,4 @@
-import importlib.machinery
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -9,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from evals import harness
-from evals.harness import generate_greedy, generation_accuracy, heldout_loss, run_lm_eval
+from evals.harness import generate_greedy, generation_accuracy, heldout_loss
 from solvers.data import TokenizedSet, tokenize_rows
 
 RESULT_KEYS = {"accuracy", "n", "n_correct", "n_unparsed", "rule", "template", "max_new_tokens", "decoding",
-               "examples"}
+               "examples", "per_example", "outputs"}
 
 
 def _manual_source_losses(model, data):
@@ -51,6 +48,9 @@ def test_heldout_loss_matches_manual_per_source(copy_task, make_model):
     assert out["loss"] == pytest.approx(overall, rel=1e-5)
     assert out["ppl"] == pytest.approx(math.exp(overall), rel=1e-5)
     assert out["per_source_tokens"] == counts
+    # the per-row values average to the token-mean loss, so row-level statistics test the reported number
+    assert len(out["per_example"]) == len(data)
+    assert sum(out["per_example"]) / len(data) == pytest.approx(out["loss"], rel=1e-9)
     assert out["n_examples"] == 5 and out["n_tokens"] == sum(counts.values())
     assert heldout_loss(model, data, batch_size=5)["loss"] == pytest.approx(out["loss"], rel=1e-5)
 
@@ -88,6 +88,7 @@ def test_generation_accuracy_learns_the_copy_task(copy_task, make_model, trained
                                   max_new_tokens=6, batch_size=16)
         assert res["accuracy"] >= 0.9, (rule, res["examples"])
         assert set(res) == RESULT_KEYS and res["rule"] == rule and res["n"] == len(test["prompts"])
+        assert sum(res["per_example"]) / res["n"] == res["accuracy"] and len(res["outputs"]) == res["n"]
     ex = res["examples"]
     assert len(ex) == harness.N_EXAMPLES
     assert set(ex[0]) == {"prompt", "gold", "pred", "output", "correct"}
@@ -111,27 +112,3 @@ def test_generation_accuracy_rejects_bad_input(copy_task, make_model):
         generation_accuracy(model, tok, ["a", "b"], ["1"], rule="gsm8k")
     with pytest.raises(ValueError, match="unknown answer rule"):
         generation_accuracy(model, tok, ["a"], ["1"], rule="fuzzy")  # type: ignore[arg-type]
-
-
-def test_run_lm_eval_without_lm_eval(monkeypatch):
-    monkeypatch.setattr(harness.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match="pip install lm-eval"):
-        run_lm_eval("some/dir", ["gsm8k"])
-
-
-def test_run_lm_eval_plumbing_with_a_fake_module(monkeypatch):
-    calls = {}
-
-    def simple_evaluate(**kwargs):
-        calls.update(kwargs)
-        return {"results": {"gsm8k": {"exact_match,strict-match": 0.25}}, "samples": "big"}
-
-    fake = types.ModuleType("lm_eval")
-    fake.__spec__ = importlib.machinery.ModuleSpec("lm_eval", None)
-    fake.simple_evaluate = simple_evaluate
-    monkeypatch.setitem(sys.modules, "lm_eval", fake)
-    out = run_lm_eval("/models/x", ["gsm8k"], limit=10, num_fewshot=5)
-    assert out["gsm8k"] == {"exact_match,strict-match": 0.25}
-    assert out["_config"]["limit"] == 10
-    assert calls["model"] == "hf" and calls["model_args"].startswith("pretrained=/models/x")
-    assert calls["tasks"] == ["gsm8k"] and calls["num_fewshot"] == 5
