@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate import history, methods
 from curate.config import build, load_config, to_dict
@@ -44,7 +44,10 @@ from curate.tokens import TokenReport, resolve_max_len, tokenize_run
 from curate.weights import build_weights_doc, normalise, write_weights
 from solvers.common import StepCallback
 
-FLAGS = ("method", "target", "model", "steps", "budget", "lower_level")
+if TYPE_CHECKING:
+    from curate.resample import ResampleResult
+
+FLAGS = ("method", "target", "model", "steps", "budget", "max_epochs", "lower_level")
 """Command-line flags that override the config's key of the same name."""
 
 
@@ -108,6 +111,8 @@ class ReweightOutcome:
     doc: dict[str, Any]
     seconds: float
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    resampled: ResampleResult | None = None
+    """The draw of ``--budget`` (allocation, the sources the epoch cap held back and their warnings)."""
 
 
 def prepare(request: ReweightRequest) -> Job:
@@ -174,7 +179,7 @@ def reweight(job: Job, *, on_step: StepCallback | None = None) -> ReweightOutcom
     if job.settings.budget is not None:  # a budget the pool cannot serve is refused before any training
         from curate.sampling import check_budget_fits
 
-        check_budget_fits(job.settings.budget, sum(data.counts.values()))
+        check_budget_fits(job.settings.budget, sum(data.counts.values()), job.settings.max_epochs)
     resolved = {**settings_to_values(job.settings), "method_config": to_dict(job.cfg)}
     inputs = load_inputs(job, data, on_step)  # a model that fails to load leaves no run folder behind
     created = begin_run(job, resolved, inputs)
@@ -193,9 +198,9 @@ def reweight(job: Job, *, on_step: StepCallback | None = None) -> ReweightOutcom
         raise
     history.record_finish(job.db, job.run_id, job.settings.method, resolved, job.run.root, created,
                           doc["sources"], [(r.step, r.weights) for r in result.trajectory], result.scores)
-    if job.settings.budget is not None:
-        resample_run(job)
-    return ReweightOutcome(job.run.root, job.settings.method, doc["sources"], doc, seconds, result.diagnostics)
+    drawn = resample_run(job) if job.settings.budget is not None else None
+    return ReweightOutcome(job.run.root, job.settings.method, doc["sources"], doc, seconds, result.diagnostics,
+                           drawn)
 
 
 def begin_run(job: Job, resolved: dict[str, Any], inputs: FitInputs) -> str:
@@ -273,13 +278,14 @@ def write_artefacts(job: Job, data: RunData, resolved: dict[str, Any], result: F
     return doc
 
 
-def resample_run(job: Job) -> None:
-    """``--budget N``: draw the run's dataset right after learning."""
+def resample_run(job: Job) -> ResampleResult:
+    """``--budget N``: draw the run's dataset right after learning, at most ``max_epochs`` passes per source."""
     from curate.db import open_db
     from curate.resample import resample
 
     with open_db(job.db, read_only=True) as con:
-        resample(con, job.run.root, budget=int(job.settings.budget or 0), seed=job.settings.seed)
+        return resample(con, job.run.root, budget=int(job.settings.budget or 0), seed=job.settings.seed,
+                        max_epochs=job.settings.max_epochs)
 
 
 def _with_tokenization(diagnostics: dict[str, Any], report: TokenReport) -> dict[str, Any]:

@@ -1,10 +1,21 @@
 """`curate resample`: draw a dataset of a fixed budget from any method's weights (and scores).
 
 One resampler for every method: per-source methods give ``weights.json``; example-level methods add
-``scores.parquet``, and their sources are then walked best-first. Output: ``data/part-00000.parquet`` with the stored
-columns plus provenance (``source``, ``example_id``, ``draw``), and ``manifest.json`` with the input fingerprint
-(``weights_sha256``: the bytes of the weights the rows were drawn from, which ``curate export`` checks), the store
-(``db``), allocation, repeats, seed and the sha256 of every output file.
+``scores.parquet``, and their sources are then walked best-first. Repetition is capped at ``max_epochs`` passes per
+source (default :data:`curate.sampling.DEFAULT_MAX_EPOCHS`, 4), the surplus going to the sources with rows left.
+
+The draw is SQL in DuckDB, and the rows go from the store to Parquet without passing through Python: for each
+source, every row once per whole pass, then the first ``remainder`` rows in a seeded order (``md5`` of the seed and
+the ``example_id``, ties broken by the id; best score first for a scored run), all of it in a seeded shuffle
+(``md5`` of the seed, the id and the pass), written with ``COPY ... TO`` as ``data/part-NNNNN.parquet`` files of at
+most about :data:`PART_BYTES` bytes in row groups of :data:`ROW_GROUP_ROWS` rows. That folder is what
+``datasets.load_dataset("parquet", data_dir=...)``, Polars' ``scan_parquet`` and PyArrow read lazily. Rows carry
+the stored columns plus provenance (``source``, ``example_id``, ``draw``: the pass, 0 for a row's first use).
+``md5`` rather than DuckDB's ``hash()``: the same seed gives the same rows on every machine and DuckDB version.
+
+``manifest.json`` records the input fingerprint (``weights_sha256``: the bytes of the weights the rows were drawn
+from, which ``curate export`` checks), the store (``db``), allocation, repeats, ``max_epochs``, the sources the cap
+held back (``capped``), the seed and the sha256 of every output file.
 
 Everything is checked before anything is written (weights, sources, budget, ``--out``); then ``data/`` and the
 manifest are built under temporary names and renamed into place, so a failure (a full disk, a read-only folder, a
@@ -16,27 +27,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
-import pyarrow as pa
 
 from curate.db import data_fingerprint, sources_in
 from curate.errors import ConfigError, DataError
 from curate.fs_errors import fs_error, is_temporary
 from curate.io import atomic_dir, atomic_path, sha256_file, write_bytes
 from curate.runs import DB_KEY, RunFolder, manifest_with
-from curate.sampling import allocate, check_budget, check_budget_fits, draw
+from curate.sampling import (
+    DEFAULT_MAX_EPOCHS,
+    CapHit,
+    check_budget,
+    check_budget_fits,
+    parse_max_epochs,
+    plan_allocation,
+)
 from curate.weights import read_weights, validate_weights
 
 # Written into the manifest of a folder that `resample --out` filled; such a folder may be rewritten by a later one.
 FROM_KEY = "resampled_from"
+PART_BYTES = 256 * 1024 * 1024
+"""A data part is closed once it holds about this many bytes (the Hub and Spark like files of a few hundred MB)."""
+ROW_GROUP_ROWS = 10_000
+"""Rows per Parquet row group: small enough for streaming readers and the Hub's viewer (DuckDB rounds it up to a
+multiple of 2,048)."""
+COLUMNS = ("source", "example_id", "draw", "split", "prompt", "response", "text", "messages", "content_hash")
+"""The columns of every data part, in order: provenance first, then the stored row."""
 
 
 @dataclass
@@ -48,23 +73,32 @@ class ResampleResult:
     allocation: dict[str, int]
     available: dict[str, int]
     repeats: dict[str, float]
+    max_epochs: float | None = DEFAULT_MAX_EPOCHS
+    capped: dict[str, CapHit] = field(default_factory=dict)
+    """The sources ``max_epochs`` held back (rows wanted, allocated, cut)."""
+    warnings: list[str] = field(default_factory=list)
+    """One line per capped source and where the surplus went: what every command prints in its summary."""
 
 
 def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: int, seed: int,
-             max_epochs: float | None = None, out_dir: Path | None = None,
+             max_epochs: float | None = DEFAULT_MAX_EPOCHS, out_dir: Path | None = None,
              split: str = "train") -> ResampleResult:
     """Draw ``budget`` training rows by the weights in a run folder (or a weights file) into ``data/``.
 
     A run folder is written in place unless ``out_dir`` names another folder: then the rows go to ``out_dir/data``
     and the weights (and scores) are copied next to them, so the run keeps its own draw. A bare weights file needs
     ``out_dir``. The budget is checked against the pool first (:func:`curate.sampling.check_budget_fits`), so ``0``
-    or ``10**12`` is refused before any id is read and before anything is written.
+    or ``10**12`` is refused before any id is read and before anything is written. ``max_epochs`` caps the passes
+    over any one source (default 4; ``None``: no cap) and hands the surplus to the sources with rows left; the
+    sources it held back come back in ``capped`` and ``warnings`` and go into the manifest.
 
     Raises:
         ConfigError: a bad ``--budget``, ``--max-epochs`` or ``--out``.
-        DataError: bad weights, unknown or empty sources, or a folder that cannot be written (named, with the fix).
+        DataError: bad weights, unknown or empty sources, a budget the cap cannot hold, or a folder that cannot be
+            written (named, with the fix).
     """
     check_budget(budget)
+    max_epochs = parse_max_epochs(max_epochs)
     wpath, doc = read_weights(run_or_weights)
     raw = wpath.read_bytes()  # the exact bytes drawn from: hashed into the manifest, copied to --out
     available = sources_in(con, split)
@@ -73,11 +107,10 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
     run_dir = _target_dir(src_dir, wpath, out_dir)
     pool = {s: available.get(s, 0) for s in weights}
     check_budget_fits(budget, sum(n for s, n in pool.items() if weights[s] > 0), max_epochs)
-    alloc = allocate(weights, budget, pool, max_epochs)
-    ids = _ids_by_source(con, [s for s, k in alloc.items() if k > 0], split)
+    plan = plan_allocation(weights, budget, pool, max_epochs)
+    alloc = plan.rows
     scores_path = RunFolder(src_dir).scores if src_dir is not None else None
-    scores = _scores(scores_path, ids)
-    _, exs, draws = draw(ids, alloc, seed, scores)  # each row's source comes back with it in the join
+    scores = _checked_scores(scores_path)
     repeats = {s: (alloc[s] / available[s] if available.get(s) else 0.0) for s in alloc}
     copied = run_dir.resolve() != wpath.parent.resolve()
     fields: dict[str, Any] = dict(
@@ -85,7 +118,7 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
         input_fingerprint={"weights_sha256": hashlib.sha256(raw).hexdigest(),
                            "data": data_fingerprint(con, sorted(weights))},
         weights_method=doc.get("method"), allocation=alloc, available=pool, repeats=repeats,
-        rows=len(exs), scored=scores is not None,
+        capped=plan.capped_dict(), rows=budget, scored=scores is not None,
     )
     store = _store_path(con)
     if store is not None:
@@ -95,13 +128,14 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
     manifest = manifest_with(run_dir, fresh=copied, **fields)  # an unreadable manifest is refused before writing
     run = RunFolder(run_dir)
     new = not run_dir.exists()
+    query, params = draw_query(alloc, pool, seed, split, scores)
     with _write_boundary(run_dir, remove=new):
         run_dir.mkdir(parents=True, exist_ok=True)
-        files = _write(con, run_dir, exs, draws, manifest)
+        files = _write(con, run_dir, query, params, budget, manifest)
         if copied:  # after the manifest that marks the folder as resample's, so a rerun may always replace it
             write_bytes(run.weights, raw)
             _copy_scores(scores_path, run.scores)
-    return ResampleResult(run_dir, files, alloc, pool, repeats)
+    return ResampleResult(run_dir, files, alloc, pool, repeats, max_epochs, plan.capped, plan.warnings())
 
 
 def _target_dir(src_dir: Path | None, wpath: Path, out_dir: Path | None) -> Path:
@@ -175,51 +209,104 @@ def _copy_scores(src: Path | None, dest: Path) -> None:
         dest.unlink(missing_ok=True)  # a stale copy from an earlier --out would otherwise rank the rows
 
 
-def _ids_by_source(con: duckdb.DuckDBPyConnection, sources: list[str], split: str) -> dict[str, list[str]]:
-    rows = con.execute(
-        "SELECT source, list(example_id ORDER BY example_id) FROM examples WHERE split = ? "
-        "AND source IN (SELECT unnest(?)) GROUP BY source", [split, sources]
-    ).fetchall()
-    return {s: list(v) for s, v in rows}
-
-
-def _scores(path: Path | None, ids: dict[str, list[str]]) -> dict[str, np.ndarray] | None:
+def _checked_scores(path: Path | None) -> Path | None:
+    """``scores.parquet`` when the run has one, after checking it holds ``example_id`` and ``score`` (read by the
+    draw itself, in DuckDB)."""
     if path is None or not path.exists():
         return None
     con = duckdb.connect()
     try:
-        found = dict(con.execute("SELECT example_id, score FROM read_parquet(?)", [str(path)]).fetchall())
+        con.execute("SELECT example_id::VARCHAR, score::DOUBLE FROM read_parquet(?) LIMIT 0", [str(path)])
     except duckdb.Error as e:
         raise DataError(f"{path}: not readable Parquet ({str(e).splitlines()[0][:200]}); re-run `curate reweight` "
                         "or delete it to resample by weights alone") from None
     finally:
         con.close()
-    # Unscored rows go last: an example-level method only vouches for what it scored.
-    return {s: np.asarray([found.get(i, -np.inf) for i in v], dtype=np.float64) for s, v in ids.items()}
+    return path
 
 
-def _write(con: duckdb.DuckDBPyConnection, run_dir: Path, exs: list[str], draws: np.ndarray,
+_ROW = ", ".join(f"e.{c}" for c in COLUMNS if c != "draw")
+# Unscored rows rank as -inf and NaN scores last, ties by id: an example-level method only vouches for what it
+# scored, and the order stays total (the same rows for the same scores).
+_SCORED = """scored AS (SELECT example_id::VARCHAR AS example_id, max(score::DOUBLE) AS score
+                       FROM read_parquet($scores) GROUP BY 1)"""
+_BEST_FIRST = ("LEFT JOIN scored sc ON sc.example_id = c.example_id",
+               "isnan(coalesce(sc.score, '-inf'::DOUBLE)), coalesce(sc.score, '-inf'::DOUBLE) DESC, c.example_id")
+# Within one source and split the content hash identifies a row as well as its example_id (which is derived from
+# it) and is stored, so the seeded order costs one md5 per row instead of two.
+_SEEDED = ("", "md5_number($pick || c.content_hash), c.content_hash")
+
+
+def draw_query(allocation: Mapping[str, int], available: Mapping[str, int], seed: int, split: str,
+               scores: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """The SQL (and its named parameters) that selects the drawn rows, in output order.
+
+    Per source with ``k`` rows allotted out of ``n``: every row once for each of the ``k // n`` whole passes
+    (``draw`` 0, 1, ...), then the first ``k % n`` rows by the seeded order (``md5`` of ``pick:<seed>:`` and the
+    row's content hash; best score first when ``scores`` is given) as pass ``k // n``. So no row is used ``p + 1``
+    times before every row was used ``p`` times, and the counts per source are exact. The remainder is chosen on
+    the narrow key columns and only its rows are read whole (a top-k over the full rows would build every row's
+    text and messages). The union is ordered by ``md5`` of ``order:<seed>:``, the id and the pass, so sources and
+    passes are interleaved and a training loop reading the files in order sees a shuffled stream. Each source's
+    rows depend only on the seed and its own rows, not on which other sources are drawn.
+    """
+    join, order = _BEST_FIRST if scores is not None else _SEEDED
+    params: dict[str, Any] = {"split": split, "order": f"order:{seed}:"}
+    if scores is not None:
+        params["scores"] = str(scores)
+    branches = []
+    for i, source in enumerate(sorted(s for s, k in allocation.items() if k > 0)):
+        passes, rem = divmod(int(allocation[source]), int(available[source]))
+        params[f"s{i}"] = source
+        where = f"e.split = $split AND e.source = $s{i}"
+        if passes:
+            branches.append(f"SELECT {_ROW}, p.draw FROM examples e CROSS JOIN range({passes}) p(draw) WHERE {where}")
+        if rem:
+            if scores is None:
+                params["pick"] = f"pick:{seed}:"  # DuckDB refuses a parameter the query does not use
+            first = (f"SELECT c.content_hash FROM examples c {join} WHERE c.split = $split AND c.source = $s{i} "
+                     f"ORDER BY {order} LIMIT {rem}")
+            branches.append(f"SELECT {_ROW}, {passes} AS draw FROM examples e WHERE {where} "
+                            f"AND e.content_hash IN ({first})")
+    cte = f"WITH {_SCORED} " if scores is not None else ""
+    union = " UNION ALL ".join(branches)
+    cols = ", ".join("d.draw::INTEGER AS draw" if c == "draw" else f"d.{c}" for c in COLUMNS)
+    sql = (f"{cte}SELECT {cols} FROM ({union}) d "
+           "ORDER BY md5_number($order || d.example_id || ':' || d.draw), d.example_id, d.draw")
+    return sql, params
+
+
+def _write(con: duckdb.DuckDBPyConnection, run_dir: Path, query: str, params: dict[str, Any], rows: int,
            manifest: dict[str, Any]) -> list[Path]:
     """``data/`` and the manifest, each under a temporary name first: the manifest's bytes are written before
     ``data/`` is swapped in and renamed right after, so a failure while writing leaves both as they were."""
     run = RunFolder(run_dir)
-    picks = pa.table({"pos": pa.array(np.arange(len(exs), dtype=np.int64)), "example_id": pa.array(exs, pa.string()),
-                      "draw": pa.array(draws, pa.int32())})
-    con.register("_curate_picks", picks)
-    try:
-        with atomic_path(run.manifest) as tmp_manifest:
-            with atomic_dir(run.data) as tmp:
-                part = tmp / "part-00000.parquet"
-                out = str(part).replace("'", "''")
-                con.execute(
-                    f"""COPY (SELECT e.source, p.example_id, p.draw, e.split, e.prompt, e.response, e.text,
-                               e.messages, e.content_hash
-                        FROM _curate_picks p JOIN examples e ON e.example_id = p.example_id
-                        ORDER BY p.pos) TO '{out}' (FORMAT parquet, COMPRESSION zstd)"""
-                )
-                outputs = {f"{run.data.name}/{p.name}": sha256_file(p) for p in sorted(tmp.glob("*.parquet"))}
-                doc = {**manifest, "outputs": outputs}
-                tmp_manifest.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-    finally:
-        con.unregister("_curate_picks")
+    with atomic_path(run.manifest) as tmp_manifest:
+        with atomic_dir(run.data) as tmp:
+            written = copy_parquet(con, query, params, tmp)
+            if written != rows:  # the counts were read from the same read-only connection: a bug, not bad input
+                raise RuntimeError(f"resample wrote {written} rows, expected {rows}")
+            outputs = {f"{run.data.name}/{p.name}": sha256_file(p) for p in sorted(tmp.glob("*.parquet"))}
+            doc = {**manifest, "outputs": outputs}
+            tmp_manifest.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     return run.data_files()
+
+
+_PART = re.compile(r"part-(\d+)\.parquet")
+
+
+def copy_parquet(con: duckdb.DuckDBPyConnection, query: str, params: dict[str, Any], folder: Path) -> int:
+    """Write ``query``'s rows, in its order, as ``folder/part-NNNNN.parquet`` straight from DuckDB; returns the
+    row count. Parts close at about :data:`PART_BYTES`; DuckDB numbers them ``part-0, part-1, ...`` and they are
+    renamed zero-padded so that sorting the names gives the row order."""
+    dest = str(folder).replace("'", "''")
+    got = con.execute(
+        f"COPY ({query}) TO '{dest}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {int(ROW_GROUP_ROWS)}, "
+        f"FILE_SIZE_BYTES {int(PART_BYTES)}, FILENAME_PATTERN 'part-{{i}}', OVERWRITE_OR_IGNORE)",
+        params,
+    ).fetchone()
+    for path in list(folder.iterdir()):
+        m = _PART.fullmatch(path.name)
+        if m is not None:
+            os.replace(path, folder / f"part-{int(m.group(1)):05d}.parquet")
+    return int(got[0]) if got else 0

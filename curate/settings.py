@@ -16,6 +16,7 @@ from curate import methods
 from curate.config import build, to_dict
 from curate.errors import ConfigError
 from curate.launch import check_device, current_rank, resolve_device
+from curate.sampling import DEFAULT_MAX_EPOCHS
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class ReweightSettings:
     model: str = "tiny"
     steps: int | None = None
     budget: int | None = None
+    max_epochs: float | None = DEFAULT_MAX_EPOCHS
+    """With ``budget``: the most passes the resample takes over any one source (the surplus goes to the others);
+    ``None`` (``--max-epochs none``): no cap."""
     seed: int = 0
     max_len: int | str = "auto"
     """Tokens per example: ``auto`` (the default) picks the length at which 99% of pool and target rows are not
@@ -41,15 +45,18 @@ class ReweightSettings:
     save_model: bool = False
     """ScaleBiO: also save the final w model (fits the target, near-optimal on the weighted pool) to RUN/model."""
     device: str = "auto"
-    """Where ScaleBiO trains: ``auto`` (the first GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or
-    ``cuda:N``. On a GPU the model passes run under bf16 autocast unless ``autocast_bf16=false`` is set; λ, p and
-    the weighted sums stay fp32. The other methods train on the CPU."""
+    """Where every model-based method trains and scores (ScaleBiO, LESS, RHO, DoReMi): ``auto`` (the first GPU when
+    torch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. On a GPU the model passes run under bf16
+    autocast unless the method's ``autocast_bf16=false`` is set; weights, optimizer moments and each method's
+    statistics (λ and p, scores, projections, DoReMi's α) stay fp32 or fp64."""
 
     def __post_init__(self) -> None:
         if self.method not in methods.METHODS:
             raise ValueError(f"--method: {self.method!r} is not one of {', '.join(methods.names())}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"--budget: must be >= 1 rows, got {self.budget}")
+        if self.max_epochs is not None and not (0 < self.max_epochs < float("inf")):
+            raise ValueError(f"--max-epochs: must be finite and above 0, or none for no cap; got {self.max_epochs}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps: must be >= 1, got {self.steps}")
         if isinstance(self.max_len, str) and self.max_len != "auto":

@@ -12,7 +12,7 @@ import pyarrow as pa
 from curate import __version__
 from curate.errors import ConfigError
 from curate.export.card import render_card
-from curate.export.reader import RunData, iter_tables, open_run, output_schema
+from curate.export.reader import RunData, iter_parts, open_run, output_schema
 from curate.export.writers import FORMATS, WRITERS
 from curate.fs_errors import fs_error
 from curate.io import atomic_dir, sha256_file, write_json
@@ -54,7 +54,12 @@ def check_out_dir(out_dir: Path | str, run_dir: Path | str, *, force: bool = Fal
     return out
 
 
-def _counting(tables: Iterator[pa.Table], total: list[int]) -> Iterator[pa.Table]:
+def _counting(parts: Iterator[Iterator[pa.Table]], total: list[int]) -> Iterator[Iterator[pa.Table]]:
+    for tables in parts:
+        yield _count(tables, total)
+
+
+def _count(tables: Iterator[pa.Table], total: list[int]) -> Iterator[pa.Table]:
     for table in tables:
         total[0] += table.nbytes
         yield table
@@ -101,7 +106,8 @@ def _write(run: RunData, out: Path, fmt: ExportFormat, messages: bool, schema: p
     """The export folder under a temporary name (shards, card, marker last), renamed into place at the end."""
     with atomic_dir(out) as tmp:
         nbytes = [0]
-        paths = WRITERS[fmt](_counting(iter_tables(run, messages=messages), nbytes), tmp, len(run.parts))
+        parts = _counting(iter_parts(run, messages=messages), nbytes)
+        paths = WRITERS[fmt](parts, tmp, len(run.parts), schema)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in paths}
         card = render_card(
             run,

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from curate.errors import ConfigError, CurateError, DataError
+from curate.export.writers import SPLIT
 from curate.secrets import scrub
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
@@ -122,8 +123,19 @@ def _explain(exc: Exception, repo_id: str, endpoint: str, secrets: list[str | No
     )
 
 
+UPLOAD_IGNORE = [".*", "*/.*"]
+"""Never uploaded: hidden names (a writer's temporaries, caches)."""
+STALE_SHARDS = ["data/*", f"{SPLIT}/*", "dataset_dict.json"]
+"""Shards already in the repo that this upload does not bring are deleted in the same commit: the card reads
+``data/train-*`` (or ``train/data-*``), and an earlier push with more shards would otherwise leave rows behind."""
+
+
 def push_to_hub(folder: Path | str, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Create the dataset repo ``repo_id`` (if needed) and upload the export ``folder``; returns the repo URL.
+
+    The folder goes up as it is on disk, one file per shard (a shard per data part, parts closed at ~256 MB by the
+    resampler), through ``HfApi.upload_folder`` (which batches a large folder into several commits); shards of an
+    earlier push that this one does not replace are deleted with it.
 
     The token comes from ``token``, then ``HF_TOKEN``, then the ``hf auth login`` store. Offline
     (``HF_HUB_OFFLINE=1``) or unreachable, it fails at once. Every error is a one-line :class:`CurateError`
@@ -153,6 +165,8 @@ def push_to_hub(folder: Path | str, repo_id: str, private: bool = False, token: 
             folder_path=folder,
             repo_type="dataset",
             commit_message="Upload curate export",
+            ignore_patterns=UPLOAD_IGNORE,
+            delete_patterns=STALE_SHARDS,
         )
     except Exception as e:  # every failure becomes one scrubbed line; the original (with headers) is dropped
         raise _explain(e, repo_id, endpoint, secrets) from None

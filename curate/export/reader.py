@@ -178,20 +178,27 @@ def _parse_messages(raw: str | None, where: str) -> list[dict[str, str]] | None:
     return out
 
 
-def _messages_column(table: pa.Table, part: Path) -> pa.Array:
+def _messages_column(table: pa.Table, part: Path, first_row: int = 0) -> pa.Array:
     raws = table["messages"].to_pylist()
     ids = table["example_id"].to_pylist()
-    parsed = [_parse_messages(r, f"{part} row {i} (example_id {ids[i]!r})") for i, r in enumerate(raws)]
+    parsed = [_parse_messages(r, f"{part} row {first_row + i} (example_id {ids[i]!r})") for i, r in enumerate(raws)]
     return pa.array(parsed, type=MESSAGE_TYPE)
 
 
-def iter_tables(run: RunData, *, messages: bool) -> Iterator[pa.Table]:
-    """Yield each data part as a table in the exported schema, one part in memory at a time."""
-    schema = output_schema(run.schema, messages=messages)
+def iter_parts(run: RunData, *, messages: bool) -> Iterator[Iterator[pa.Table]]:
+    """Each data part as a stream of tables in the exported schema, one row group at a time, so an export holds
+    one row group in memory whatever the size of a part (the resampler writes ~10k-row groups)."""
     for part in run.parts:
-        table = pq.read_table(part).replace_schema_metadata(None)
+        yield _part_tables(part, output_schema(run.schema, messages=messages), messages)
+
+
+def _part_tables(part: Path, schema: pa.Schema, messages: bool) -> Iterator[pa.Table]:
+    pf, first_row = pq.ParquetFile(part), 0
+    for i in range(pf.num_row_groups):
+        table = pf.read_row_group(i).replace_schema_metadata(None)
         if messages:
             table = table.set_column(
-                table.schema.get_field_index("messages"), "messages", _messages_column(table, part)
+                table.schema.get_field_index("messages"), "messages", _messages_column(table, part, first_row)
             )
+        first_row += table.num_rows
         yield table.cast(schema)

@@ -164,16 +164,15 @@ def test_full_disk_keeps_the_previous_export_and_no_temporaries(run, exported, m
     import polars as pl
     import pyarrow.parquet
 
-    def full_pyarrow(table, where, **kwargs):  # half a file, then the error PyArrow gives (errno, no file name)
-        Path(where).write_bytes(b"PAR1 half")
+    def full_pyarrow(self, table, **kwargs):  # the shard is open: the error PyArrow gives (errno, no file name)
         raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
 
     def full_polars(self, where, **kwargs):  # Polars: an OSError without errno, the code only in its text
-        Path(where).write_text('{"half": ')
+        where.write(b'{"half": ')  # the shard is written batch by batch into one open file
         raise OSError("No space left on device (os error 28)")
 
     if fmt == "parquet":
-        monkeypatch.setattr(pyarrow.parquet, "write_table", full_pyarrow)
+        monkeypatch.setattr(pyarrow.parquet.ParquetWriter, "write_table", full_pyarrow)
     else:
         monkeypatch.setattr(pl.DataFrame, "write_ndjson", full_polars)
     line = fails_cleanly(["export", run, "--format", fmt, "--out", exported],

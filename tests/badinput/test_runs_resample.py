@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.sampling import MAX_PASSES, MAX_ROWS
+from curate.sampling import DEFAULT_MAX_EPOCHS, MAX_PASSES, MAX_ROWS
 from tests.badinput.conftest import fails_cleanly, store_digest, tree_digest
 
 runner = CliRunner()
@@ -57,6 +57,18 @@ def pool_rows(db: Path) -> int:
         con.close()
 
 
+def source_rows(db: Path) -> dict[str, int]:
+    """Training rows per weighted source (after ingest's de-duplication)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return dict(con.execute("SELECT source, count(*) FROM examples WHERE split = 'train' "
+                                "AND source IN ('clean', 'noisy') GROUP BY 1 ORDER BY 1").fetchall())
+    finally:
+        con.close()
+
+
 def temporaries(folder: Path) -> list[str]:
     """Names the atomic writers use while writing (``.NAME.XXXXXXXX.tmp``, ``.NAME.old``) under ``folder``."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if p.name.endswith((".tmp", ".old")))
@@ -84,43 +96,93 @@ def test_budget_of_a_trillion_is_refused_before_any_row_is_read(run, arith_db):
     assert "GB of memory" in line
 
 
-def test_budget_over_a_hundred_passes_needs_max_epochs(run, arith_db, tmp_path):
+def test_budget_over_the_default_cap_names_both_flags_and_the_fix(run, arith_db):
+    pool = pool_rows(arith_db)
+    over = int(DEFAULT_MAX_EPOCHS) * pool + 1
+    line = fails_cleanly(["resample", run, "--budget", over, "--db", arith_db],
+                         [f"--budget {over:,}", f"--max-epochs {DEFAULT_MAX_EPOCHS:g} allows ({over - 1:,} rows",
+                          "lower --budget", "--max-epochs none"], db=arith_db, folders=[run])
+    assert "Traceback" not in line
+    ok("resample", run, "--budget", over, "--max-epochs", "none", "--db", arith_db, "-q")
+    assert len(rows(run)) == over  # unlimited repeats are one word away
+
+
+def test_budget_over_a_hundred_passes_needs_a_stated_cap(run, arith_db, tmp_path):
     pool = pool_rows(arith_db)
     too_many = MAX_PASSES * pool + 1
-    fails_cleanly(["resample", run, "--budget", too_many, "--db", arith_db],
+    fails_cleanly(["resample", run, "--budget", too_many, "--max-epochs", "none", "--db", arith_db],
                   [f"{too_many:,} rows", f"pool of {pool} rows", "--max-epochs"], db=arith_db, folders=[run])
     ok("resample", run, "--budget", too_many, "--max-epochs", 150, "--db", arith_db, "-q")
     assert len(rows(run)) == too_many  # stated repeats are allowed, and the ceiling still applies
 
 
-def test_budget_is_checked_before_the_store_is_opened(tmp_path):
+def test_a_source_over_the_cap_is_cut_loudly_and_recorded(run, arith_db):
+    # clean (weight 0.75) asks for 300 of 400 rows, over 5 passes of its rows; the default cap keeps 4 passes and
+    # noisy takes the rest.
+    n = source_rows(arith_db)
+    kept = 4 * n["clean"]
+    assert 300 > kept and 400 - kept <= 4 * n["noisy"]
+    text = ok("resample", run, "--budget", 400, "--db", arith_db, "-q")
+    assert f"warning: source 'clean' hit --max-epochs 4: {kept} rows (4.00 passes over {n['clean']})" in text
+    assert f"instead of the 300 its weight asks for (cut by {300 - kept})" in text
+    assert f"went to the sources with rows left (noisy +{300 - kept})" in text and "--max-epochs none" in text
+    got = rows(run)
+    assert {s: sum(r["source"] == s for r in got) for s in n} == {"clean": kept, "noisy": 400 - kept}
+    ids = [r["example_id"] for r in got]
+    assert max(ids.count(i) for i in set(ids)) == 4
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["max_epochs"] == 4 and manifest["allocation"] == {"clean": kept, "noisy": 400 - kept}
+    assert manifest["capped"] == {"clean": {"wanted": 300, "allocated": kept, "available": n["clean"],
+                                            "cut": 300 - kept}}
+
+
+def test_no_cap_draws_the_weights_exactly_and_warns_of_nothing(run, arith_db):
+    text = ok("resample", run, "--budget", 400, "--max-epochs", "None", "--db", arith_db)
+    assert "warning" not in text and "no cap" in text
+    got = rows(run)
+    assert sum(r["source"] == "clean" for r in got) == 300
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["max_epochs"] is None and manifest["capped"] == {}
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf", "nan", ""])
+def test_bad_max_epochs_is_one_line_before_the_store_is_opened(tmp_path, value):
     folder = make_run(tmp_path / "run")
-    fails_cleanly(["resample", folder, "--budget", 0, "--db", tmp_path / "missing.duckdb"], "--budget 0",
-                  folders=[folder])
-    assert not (tmp_path / "missing.duckdb").exists()
+    missing = tmp_path / "missing.duckdb"
+    line = fails_cleanly(["resample", folder, "--budget", 10, "--max-epochs", value, "--db", missing],
+                         ["--max-epochs", "'none'"], folders=[folder])
+    assert "above 0" in line
+    assert not missing.exists()
 
 
-def test_reweight_budget_zero_is_refused_before_training(tmp_path, arith_db):
+def test_reweight_budget_over_the_cap_is_refused_before_training(tmp_path, arith_db):
     out = tmp_path / "rw"
-    fails_cleanly(["reweight", "--method", "uniform", "--budget", 0, "--db", arith_db, "--out", out],
-                  ["--budget", "1"], db=arith_db)
+    over = int(DEFAULT_MAX_EPOCHS) * pool_rows(arith_db) + 1
+    fails_cleanly(["reweight", "--method", "uniform", "--budget", over, "--db", arith_db, "--out", out],
+                  [f"--budget {over:,}", "--max-epochs", "--max-epochs none"], db=arith_db)
+    assert not out.exists()
+    fails_cleanly(["reweight", "--method", "uniform", "--budget", 10, "--max-epochs", "zero", "--db", arith_db,
+                   "--out", out], ["--max-epochs 'zero'", "'none'"], db=arith_db)
     assert not out.exists()
 
 
-def test_reweight_budget_of_a_trillion_is_refused_with_the_pool(tmp_path, arith_db):
-    out = tmp_path / "rw"
-    res = runner.invoke(app, ["reweight", "--method", "uniform", "--budget", str(10**12), "--db", str(arith_db),
-                              "--out", str(out), "--quiet"])
-    assert res.exit_code == 2, res.output
-    assert "1,000,000,000,000 rows" in res.output and "pool of" in res.output and "Traceback" not in res.output
-    assert not (out / "data").exists()
+def test_reweight_budget_applies_the_cap_and_its_flag(tmp_path, arith_db):
+    from tests.conftest import alpaca_rows, write_jsonl
 
-
-def test_reweight_budget_of_a_trillion_is_refused_before_training(tmp_path, arith_db):
-    out = tmp_path / "rw"
-    fails_cleanly(["reweight", "--method", "uniform", "--budget", 10**12, "--db", arith_db, "--out", out],
-                  ["--budget", "1,000,000,000,000 rows"], db=arith_db)
-    assert not out.exists()
+    ok("ingest", write_jsonl(tmp_path / "tiny.jsonl", alpaca_rows("tiny", 5)), "--db", arith_db, "-q")
+    # uniform over clean (60), noisy (60) and tiny (5): 30 rows each, 6 passes over tiny; the cap keeps 20.
+    text = ok("reweight", "--method", "uniform", "--budget", 90, "--db", arith_db, "--out", tmp_path / "a", "-q")
+    assert "warning: source 'tiny' hit --max-epochs 4: 20 rows" in text and "cut by 10" in text
+    assert {s: sum(r["source"] == s for r in rows(tmp_path / "a")) for s in ("clean", "noisy", "tiny")} == {
+        "clean": 35, "noisy": 35, "tiny": 20}
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["capped"]["tiny"]["cut"] == 10
+    text = ok("reweight", "--method", "uniform", "--budget", 90, "--max-epochs", "none", "--db", arith_db,
+              "--out", tmp_path / "b", "-q")
+    assert "warning" not in text and sum(r["source"] == "tiny" for r in rows(tmp_path / "b")) == 30
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["max_epochs"] is None
+    ok("reweight", "--method", "uniform", "--budget", 90, "--max-epochs", 6, "--db", arith_db, "--out",
+       tmp_path / "c", "-q")
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["capped"] == {}
 
 
 # --- --out ---------------------------------------------------------------------------------------------------

@@ -346,3 +346,53 @@ def test_push_scrubs_token_from_client_errors(tmp_path, run_dir, monkeypatch):
 def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
     with pytest.raises(DataError, match="not a curate export folder"):
         push_to_hub(tmp_path, "user/mix", token=FAKE_TOKEN)
+
+
+class _FakeHub:
+    """Stands in for ``huggingface_hub.HfApi``: records what a push would create and upload (no network)."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, endpoint=None, token=None):
+        self.calls.append(("init", {"endpoint": endpoint, "token": token}))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://huggingface.co/datasets/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+
+
+@pytest.mark.parametrize(("fmt", "shards"), [("parquet", "data/train-*.parquet"), ("hf", "train/data-*.arrow")])
+def test_push_uploads_the_export_folder_shard_by_shard(tmp_path, run_dir, monkeypatch, fmt, shards):
+    import fnmatch
+
+    import huggingface_hub
+
+    import curate.export.hub as hub
+
+    out = export_run(run_dir, tmp_path / "out", fmt=fmt)
+    (out / ".left-by-a-writer.tmp").write_text("x")
+    _online(monkeypatch)
+    monkeypatch.setattr(hub, "_check_reachable", lambda endpoint: None)
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHub)
+    monkeypatch.setattr(_FakeHub, "calls", [])
+    url = push_to_hub(out, "user/mix", private=True, token=FAKE_TOKEN)
+    assert url == "https://huggingface.co/datasets/user/mix"
+    names = [c[0] for c in _FakeHub.calls]
+    assert names == ["init", "create_repo", "upload_folder"]
+    assert _FakeHub.calls[1][1] == {"repo_id": "user/mix", "repo_type": "dataset", "private": True, "exist_ok": True}
+    upload = _FakeHub.calls[2][1]
+    assert upload["folder_path"] == out and upload["repo_type"] == "dataset" and upload["repo_id"] == "user/mix"
+
+    def sent(rel: str) -> bool:  # the patterns as upload_folder applies them (fnmatch on the relative path)
+        return not any(fnmatch.fnmatch(rel, p) for p in upload["ignore_patterns"])
+
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    uploaded = [f for f in files if sent(f)]
+    assert ".left-by-a-writer.tmp" not in uploaded and "README.md" in uploaded and MARKER in uploaded
+    parts = [f for f in uploaded if fnmatch.fnmatch(f, shards)]
+    assert len(parts) == 2  # one shard per data part: never one file with every row
+    assert all(any(fnmatch.fnmatch(p, d) for d in upload["delete_patterns"]) for p in parts)  # stale ones go
+    assert not any(fnmatch.fnmatch(f, d) for f in ("README.md", MARKER) for d in upload["delete_patterns"])
