@@ -20,6 +20,9 @@ Inputs:
 - ``target``: the clean / in-domain :class:`~solvers.data.TokenizedSet` (LESS, RHO; DoReMi only with
   ``reference_data="target"``).
 - ``on_step``: optional callback receiving one ``dict`` per optimisation step (``stage``, ``step``, metrics).
+- ``device``: where the model-based methods run (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``None``: where ``model``
+  is. Every copy of the model and every tensor a method makes lives there; set the config's ``autocast_bf16``
+  for bf16 model passes on a GPU (weights and statistics stay fp32).
 
 Example-level methods turn their selection into per-source weights (share of selected examples per source), so
 every method can feed the same resampler. ``BASELINES[name]`` is a :class:`Method` naming the config class and
@@ -30,9 +33,12 @@ This package imports ``solvers`` and never ``curate``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import torch
 
 from baselines.base import ExampleId, MethodResult, StepCallback, check_counts
 from baselines.doremi import DoremiConfig, run_doremi
@@ -98,6 +104,7 @@ def run(
     train: TokenizedSet | None = None,
     target: TokenizedSet | None = None,
     on_step: StepCallback | None = None,
+    device: str | torch.device | None = None,
 ) -> MethodResult:
     """Run the baseline ``method_name`` with ``cfg`` (``None``: its default config).
 
@@ -109,6 +116,8 @@ def run(
         train: the tokenized pool (model-based methods only).
         target: the tokenized target set (LESS, RHO, DoReMi with ``reference_data="target"``).
         on_step: optional per-step callback.
+        device: where a model-based method runs; ``None``: on ``model``'s device. A model elsewhere is copied
+            there (the caller's model is never modified; move it first to save that copy).
 
     Returns:
         The method's :class:`MethodResult`.
@@ -128,4 +137,15 @@ def run(
     for name in method.needs:
         if inputs[name] is None:
             raise ValueError(f"method {method_name!r} needs {name}=..., got None")
+    if model is not None and device is not None:
+        model = on_device(model, torch.device(device))
     return method.fn(cfg, counts=counts, model=model, train=train, target=target, on_step=on_step)
+
+
+def on_device(model: Any, device: torch.device) -> Any:
+    """``model`` itself when it is on ``device`` already, else a copy there (the methods never modify it)."""
+    current = next(model.parameters()).device
+    if current == device or (device.type == current.type == "cuda" and device.index is None
+                             and current.index == torch.cuda.current_device()):
+        return model
+    return copy.deepcopy(model).to(device)

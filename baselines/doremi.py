@@ -17,6 +17,10 @@ Xie et al., NeurIPS 2023. Two copies of the base model:
    and takes one AdamW step on the proxy. α_0 is uniform.
 
 The output is the time average ᾱ = (1/T) Σ_t α_t; ``trajectory`` holds α_t, λ_t and the proxy loss per step.
+
+The reference and the proxy train where ``model`` is, and α, λ and π live there too (fp64: they are k numbers,
+and the EG update's exponent must not round); ``autocast_bf16`` (CUDA) runs every model pass under bf16
+autocast while the weights and AdamW moments stay fp32.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from baselines.base import (
 from baselines.scoring import fit_reference
 from solvers.common import normalise
 from solvers.data import SourceSampler, TokenizedSet
+from solvers.device import bf16_autocast, check_autocast, model_device, rng_devices
 from solvers.lm import token_losses
 
 
@@ -73,6 +78,8 @@ class DoremiConfig:
     """AdamW weight decay of the reference and the proxy."""
     seed: int = 0
     """Seeds the reference and proxy batch streams."""
+    autocast_bf16: bool = False
+    """Model passes under CUDA bf16 autocast (curate turns it on for a GPU ``device``); CUDA only."""
 
     def __post_init__(self) -> None:
         check_choice("reference_data", self.reference_data, ("uniform", "proportional", "target"))
@@ -101,12 +108,14 @@ def domain_excess(
     source_ids: torch.Tensor,
     previous: torch.Tensor,
 ) -> torch.Tensor:
-    """λ_t: per-domain mean of the per-token excess max(ℓ_θ − ℓ_ref, 0); ``previous`` for absent domains."""
+    """λ_t: per-domain mean of the per-token excess max(ℓ_θ − ℓ_ref, 0); ``previous`` for absent domains.
+
+    Computed where the inputs are (all on one device)."""
     k = previous.numel()
     excess = ((nll - ref_nll).clamp_min(0) * valid).sum(dim=1)
     tokens = valid.sum(dim=1).to(excess.dtype)
-    total = torch.zeros(k, dtype=excess.dtype).index_add_(0, source_ids, excess)
-    count = torch.zeros(k, dtype=excess.dtype).index_add_(0, source_ids, tokens)
+    total = torch.zeros(k, dtype=excess.dtype, device=excess.device).index_add_(0, source_ids, excess)
+    count = torch.zeros(k, dtype=excess.dtype, device=excess.device).index_add_(0, source_ids, tokens)
     return torch.where(count > 0, total / count.clamp_min(1), previous)
 
 
@@ -119,8 +128,8 @@ def weighted_proxy_loss(
     return (tok_w * nll).sum() / tok_w.sum().clamp_min(1e-12)
 
 
-def _sampling_dist(train: TokenizedSet, sampling: str) -> torch.Tensor:
-    sizes = torch.as_tensor(train.counts(), dtype=torch.float64)
+def _sampling_dist(train: TokenizedSet, sampling: str, device: torch.device) -> torch.Tensor:
+    sizes = torch.as_tensor(train.counts(), dtype=torch.float64, device=device)
     if sampling == "proportional":
         return sizes / sizes.sum()
     present = (sizes > 0).double()
@@ -151,6 +160,7 @@ def _reference(
         mode=mode,
         on_step=on_step,
         stage="doremi_reference",
+        autocast_bf16=cfg.autocast_bf16,
     )
 
 
@@ -164,9 +174,10 @@ def train_proxy(
     """DoReMi step 2 on a copy of ``model``: ᾱ (in ``train.sources`` order) and the per-step trajectory."""
     proxy = copy.deepcopy(model).train()
     reference.eval()
-    device = next(proxy.parameters()).device
+    device = model_device(proxy)
+    check_autocast(cfg.autocast_bf16, device, "doremi")
     k = len(train.sources)
-    pi = _sampling_dist(train, cfg.sampling)
+    pi = _sampling_dist(train, cfg.sampling, device)
     sampler = SourceSampler(
         train,
         cfg.batch_size,
@@ -174,19 +185,20 @@ def train_proxy(
         mode="stratified" if cfg.sampling == "uniform" else "proportional",
     )
     opt = torch.optim.AdamW(proxy.parameters(), lr=cfg.proxy_lr, weight_decay=cfg.weight_decay)
-    alpha, lam = torch.full((k,), 1.0 / k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
-    total, trajectory = torch.zeros(k, dtype=torch.float64), []
-    with torch.random.fork_rng(devices=[]):
+    alpha = torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
+    lam = torch.zeros(k, dtype=torch.float64, device=device)
+    total, trajectory = torch.zeros(k, dtype=torch.float64, device=device), []
+    with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(cfg.seed)
         for step in range(cfg.proxy_steps):
             batch = {key: v.to(device) for key, v in sampler.next().items()}
-            nll, valid = token_losses(proxy, batch)
-            with torch.no_grad():
-                ref_nll, _ = token_losses(reference, batch)
-            src = batch["source_ids"].cpu()
-            lam = domain_excess(nll.detach().double().cpu(), ref_nll.double().cpu(), valid.cpu(), src, lam)
+            with bf16_autocast(cfg.autocast_bf16):
+                nll, valid = token_losses(proxy, batch)
+                with torch.no_grad():
+                    ref_nll, _ = token_losses(reference, batch)
+            lam = domain_excess(nll.detach().double(), ref_nll.double(), valid, batch["source_ids"], lam)
             alpha = eg_update(alpha, lam, cfg.eta, cfg.smoothing)
-            loss = weighted_proxy_loss(nll, valid, batch["source_ids"], alpha.to(device), pi.to(device))
+            loss = weighted_proxy_loss(nll, valid, batch["source_ids"], alpha, pi)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -230,6 +242,7 @@ def run_doremi(
     if cfg.reference_data == "target":
         (target,) = require_inputs("doremi", target=target)
     check_pool(counts, train)
+    check_autocast(cfg.autocast_bf16, model_device(model), "doremi")
     reference = _reference(model, train, target, cfg, on_step)
     mean_alpha, trajectory = train_proxy(model, reference, train, cfg, on_step)
     by_name = dict(zip(train.sources, mean_alpha.tolist(), strict=True))

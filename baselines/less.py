@@ -19,6 +19,11 @@ Xia et al., ICML 2024. The four steps, at the scale of this toolkit:
 Because the score is linear in the target mean, the pool is streamed: features are never stored, only the
 ``[N, tasks]`` score table. Memory is bounded by ``feature_buffer_mb`` (unprojected gradients awaiting
 projection) plus one ``proj_chunk_rows × proj_dim`` slice of the projection matrix.
+
+All four steps run where ``model`` is: the LoRA copy, the warmup, the per-example gradients, the projection
+matrix (drawn on that device, :mod:`baselines.projection`) and the score table. ``autocast_bf16`` (CUDA) runs the
+warmup's and the gradients' forward passes under bf16 autocast; the LoRA weights, their gradients, the Adam
+moments, the features and the scores stay fp32.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from baselines.scoring import subset
 from solvers.common import top_k
 from solvers.common.io import atomic_path
 from solvers.data import TokenizedSet
+from solvers.device import bf16_autocast, check_autocast, model_device, rng_devices
 from solvers.lm import IGNORE, find_blocks, per_example_loss, token_mean_loss
 from solvers.lora import LoraSpec, with_adapters
 
@@ -106,6 +112,8 @@ class LessConfig:
     """Seeds the warmup subset, batch order, LoRA init and the projection matrix."""
     checkpoint_dir: str | None = None
     """When set, each epoch's checkpoint (LoRA weights, Adam moments by name, mean lr) is also saved here."""
+    autocast_bf16: bool = False
+    """Model passes under CUDA bf16 autocast (curate turns it on for a GPU ``device``); CUDA only."""
 
     def __post_init__(self) -> None:
         check_fraction("warmup_fraction", self.warmup_fraction)
@@ -199,10 +207,11 @@ def warmup(
     total = per_epoch * cfg.warmup_epochs
     n_warm = math.ceil(cfg.warmup_ratio * total)
     rng = np.random.default_rng(cfg.seed)
-    device = next(model.parameters()).device
+    device = model_device(model)
+    check_autocast(cfg.autocast_bf16, device, "less")
     checkpoints, step = [], 0
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(cfg.seed)
         for epoch in range(cfg.warmup_epochs):
             order, lrs = rng.permutation(len(data)), []
@@ -211,7 +220,8 @@ def warmup(
                 for group in opt.param_groups:
                     group["lr"] = lr
                 batch = data.batch(order[start : start + cfg.warmup_batch_size].tolist())
-                loss = token_mean_loss(model, {k: v.to(device) for k, v in batch.items()})
+                with bf16_autocast(cfg.autocast_bf16):
+                    loss = token_mean_loss(model, {k: v.to(device) for k, v in batch.items()})
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -340,7 +350,7 @@ def features(
     ``cfg.feature_buffer_mb`` before each projection pass, so the matrix is regenerated as rarely as memory
     allows.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     params = {n: ckpt.lora[n].to(device) for n in lora_params(model)}
     names = list(params)
     if precondition:
@@ -354,7 +364,8 @@ def features(
             batch = {
                 k: t.to(device) for k, t in data.batch(rows_g[start : start + cfg.grad_batch_size]).items()
             }
-            g = per_example_grads(model, params, batch)
+            with bf16_autocast(cfg.autocast_bf16):
+                g = per_example_grads(model, params, batch)
             if precondition:
                 g = adam_direction(g, m, v, cfg.adam_betas, cfg.adam_eps)
             g[~(batch["labels"][:, 1:] != IGNORE).any(dim=1)] = 0.0
@@ -377,8 +388,9 @@ def influence_scores(
     checkpoints: list[Checkpoint],
     cfg: LessConfig,
 ) -> tuple[torch.Tensor, dict[str, object]]:
-    """LESS steps 2–4 for a LoRA-wrapped ``model``: the ``[N]`` scores max_t Σ_i η̄_i ⟨φ_i(x), ψ̄_{i,t}⟩."""
-    device = next(model.parameters()).device
+    """LESS steps 2–4 for a LoRA-wrapped ``model``: the ``[N]`` scores max_t Σ_i η̄_i ⟨φ_i(x), ψ̄_{i,t}⟩, computed on
+    the model's device and returned on the host."""
+    device = model_device(model)
     dim_in = sum(p.numel() for p in lora_params(model).values())
     projector = make_projector(dim_in, cfg.proj_dim, cfg.seed, cfg.proj_chunk_rows, device, cfg.projector)
     lr_sum = sum(c.mean_lr for c in checkpoints)
@@ -435,6 +447,7 @@ def run_less(
     names = check_counts(counts)
     model, train, target = require_inputs("less", model=model, train=train, target=target)
     check_pool(counts, train)
+    check_autocast(cfg.autocast_bf16, model_device(model), "less")
     wrapped = add_lora(model, cfg)
     rows_w = warmup_rows(len(train), cfg)
     checkpoints = warmup(wrapped, subset(train, rows_w), cfg, on_step)

@@ -1,9 +1,12 @@
 """Seeded Rademacher random projection, generated block by block so memory stays bounded (LESS step 2).
 
-The matrix Π ∈ {±1}^{D×d} is *defined* block-wise: rows ``[b·128, (b+1)·128)`` come from a CPU
-``torch.Generator`` seeded with a hash of ``(seed, b)``. So the same seed gives the same Π on any machine and
-in any chunking, and :meth:`RademacherProjector.project` only ever materialises ``chunk_rows × d`` entries of
-it (plus the output). Projections are scaled by ``1/sqrt(d)`` so inner products are preserved in expectation
+The matrix Π ∈ {±1}^{D×d} is *defined* block-wise: rows ``[b·128, (b+1)·128)`` come from a ``torch.Generator``
+on the features' device seeded with a hash of ``(seed, b)``. So the same seed gives the same Π in any chunking
+and on any machine with the same kind of device, and :meth:`RademacherProjector.project` only ever materialises
+``chunk_rows × d`` entries of it (plus the output), where the features are: drawing Π on the host and copying it
+to a GPU for every chunk would cost more than the projection. The CPU and CUDA generators draw different bits,
+so a CPU run's scores and a GPU run's are not comparable entry by entry (they are not under bf16 autocast
+either). Projections are scaled by ``1/sqrt(d)`` so inner products are preserved in expectation
 (Johnson–Lindenstrauss).
 
 ``make_projector(kind="auto")`` uses TRAK's ``CudaProjector`` (the ``fast_jl`` kernel LESS uses) when the
@@ -65,15 +68,16 @@ class RademacherProjector:
         """Size in bytes of the largest slice of Π this projector materialises (fp32)."""
         return min(self.chunk_rows, self.dim_in) * self.dim_out * 4
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``[start, stop)`` of Π as an fp32 CPU tensor of ±1 (``start`` must be a multiple of 128)."""
+    def rows(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Rows ``[start, stop)`` of Π as an fp32 tensor of ±1 drawn on ``device`` (``start`` must be a multiple
+        of 128)."""
         if start % BLOCK_ROWS:
             raise ValueError(f"start must be a multiple of {BLOCK_ROWS}, got {start}")
-        out = torch.empty(stop - start, self.dim_out)
+        out = torch.empty(stop - start, self.dim_out, device=device)
         for lo in range(start, stop, BLOCK_ROWS):
             hi = min(stop, lo + BLOCK_ROWS)
-            gen = torch.Generator().manual_seed(_block_seed(self.seed, lo // BLOCK_ROWS))
-            bits = torch.randint(0, 2, (hi - lo, self.dim_out), generator=gen, dtype=torch.int8)
+            gen = torch.Generator(device=device).manual_seed(_block_seed(self.seed, lo // BLOCK_ROWS))
+            bits = torch.randint(0, 2, (hi - lo, self.dim_out), generator=gen, dtype=torch.int8, device=device)
             out[lo - start : hi - start] = bits
         return out.mul_(2).sub_(1)
 
@@ -84,7 +88,7 @@ class RademacherProjector:
         out = torch.zeros(x.size(0), self.dim_out, device=x.device)
         for start in range(0, self.dim_in, self.chunk_rows):
             stop = min(self.dim_in, start + self.chunk_rows)
-            out.addmm_(x[:, start:stop].float(), self.rows(start, stop).to(x.device))
+            out.addmm_(x[:, start:stop].float(), self.rows(start, stop, x.device))
         return out.div_(math.sqrt(self.dim_out))
 
 

@@ -13,7 +13,9 @@ Lin et al., NeurIPS 2024 (Selective Language Modeling), turned into an example-l
    per-source shares of the selection, or with ``source_weights="excess"`` w_s ∝ max(mean excess of s, 0).
 
 ``model`` is the model whose loss is compared: pass the base model, or a current training checkpoint for an
-online variant. The reference is always fine-tuned from it.
+online variant. The reference is always fine-tuned from it, on ``model``'s device; the losses and excesses stay
+there, and only the final ``[N]`` scores come to the host for selection. ``autocast_bf16`` (CUDA) runs the
+reference's training and every scoring pass under bf16 autocast; weights, moments and losses stay fp32.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from baselines.base import (
 from baselines.scoring import example_losses, example_token_losses, fit_reference, subset
 from solvers.common import normalise, top_k
 from solvers.data import TokenizedSet
+from solvers.device import check_autocast, model_device
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class RhoConfig:
     """Examples per no-grad scoring forward pass."""
     seed: int = 0
     """Seeds the reference batches, the held-out split and the sampling."""
+    autocast_bf16: bool = False
+    """Model passes under CUDA bf16 autocast (curate turns it on for a GPU ``device``); CUDA only."""
 
     def __post_init__(self) -> None:
         check_int("reference_steps", self.reference_steps, 0)
@@ -92,24 +97,29 @@ class RhoConfig:
 
 def excess_losses(model: nn.Module, reference: nn.Module, data: TokenizedSet, cfg: RhoConfig) -> torch.Tensor:
     """Per-example excess loss ℓ_model − ℓ_ref over ``data`` (``[N]``), aggregated per ``cfg.aggregate``."""
+    bf16 = cfg.autocast_bf16
     if cfg.aggregate == "mean":
-        return example_losses(model, data, cfg.batch_size) - example_losses(reference, data, cfg.batch_size)
+        return (example_losses(model, data, cfg.batch_size, bf16)
+                - example_losses(reference, data, cfg.batch_size, bf16))
     per_token = [
         a - b
         for a, b in zip(
-            example_token_losses(model, data, cfg.batch_size),
-            example_token_losses(reference, data, cfg.batch_size),
+            example_token_losses(model, data, cfg.batch_size, bf16),
+            example_token_losses(reference, data, cfg.batch_size, bf16),
             strict=True,
         )
     ]
-    return token_topk_scores(per_token, cfg.token_keep)
+    return token_topk_scores(per_token, cfg.token_keep, device=model_device(model))
 
 
-def token_topk_scores(per_token: list[torch.Tensor], keep: float) -> torch.Tensor:
-    """Σ of each example's excesses among the pool-wide top-``keep`` tokens / its token count (0 if none)."""
-    flat = torch.cat(per_token) if per_token else torch.zeros(0)
+def token_topk_scores(per_token: list[torch.Tensor], keep: float,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """Σ of each example's excesses among the pool-wide top-``keep`` tokens / its token count (0 if none).
+
+    The result is on the tensors' device (``device`` when there are none, so an empty pool still has one)."""
+    flat = torch.cat(per_token) if per_token else torch.zeros(0, device=device)
     if flat.numel() == 0:
-        return torch.zeros(len(per_token))
+        return flat.new_zeros(len(per_token))
     n_keep = max(1, math.ceil(keep * flat.numel()))
     threshold = torch.topk(flat, n_keep).values.min()
     return torch.stack([(t * (t >= threshold)).sum() / max(1, t.numel()) for t in per_token])
@@ -118,7 +128,7 @@ def token_topk_scores(per_token: list[torch.Tensor], keep: float) -> torch.Tenso
 def choose(scores: torch.Tensor, cfg: RhoConfig) -> list[int]:
     """Rows to keep, best (or first drawn) first: top-k, or Gumbel top-k sampling ∝ softmax(score / T)."""
     n = n_selected(len(scores), cfg.select_fraction)
-    keys = scores.double().numpy()
+    keys = scores.double().cpu().numpy()
     if cfg.select == "sample":
         keys = keys / cfg.temperature + np.random.default_rng(cfg.seed).gumbel(size=len(keys))
     return top_k(keys, n)
@@ -158,6 +168,7 @@ def run_rho(
     names = check_counts(counts)
     model, train, target = require_inputs("rho", model=model, train=train, target=target)
     check_pool(counts, train)
+    check_autocast(cfg.autocast_bf16, model_device(model), "rho")
     fit_set, held = _split_target(target, cfg)
     reference = fit_reference(
         model,
@@ -168,12 +179,14 @@ def run_rho(
         seed=cfg.seed,
         on_step=on_step,
         stage="rho_reference",
+        autocast_bf16=cfg.autocast_bf16,
     )
-    scores = excess_losses(model, reference, train, cfg)
-    rows = choose(scores, cfg)
+    excess = excess_losses(model, reference, train, cfg)
+    rows = choose(excess, cfg)
+    scores = excess.double().cpu().numpy()  # the [N] result comes to the host once
     if cfg.source_weights == "excess":
         mean = {
-            train.sources[s]: float(scores[torch.as_tensor(train.source_ids == s)].mean())
+            train.sources[s]: float(scores[train.source_ids == s].mean())
             for s in range(len(train.sources))
             if (train.source_ids == s).any()
         }
@@ -182,6 +195,7 @@ def run_rho(
         weights = selection_weights(train, rows, names)
     info: dict[str, object] = {"reference_rows": len(fit_set), "mean_excess": float(scores.mean())}
     if held is not None:
-        info["heldout_loss_model"] = float(example_losses(model, held, cfg.batch_size).mean())
-        info["heldout_loss_reference"] = float(example_losses(reference, held, cfg.batch_size).mean())
+        info["heldout_loss_model"] = float(example_losses(model, held, cfg.batch_size, cfg.autocast_bf16).mean())
+        info["heldout_loss_reference"] = float(
+            example_losses(reference, held, cfg.batch_size, cfg.autocast_bf16).mean())
     return example_result(train, scores.tolist(), rows, weights, info)

@@ -3,6 +3,7 @@
 Run:  .venv/bin/python benchmarks/bench_memory.py            (defaults: ~10M-param Llama, batch 8 x 128, CPU)
       .venv/bin/python scripts/prepare_smollm2.py models/smollm2-135m
       .venv/bin/python benchmarks/bench_memory.py --model models/smollm2-135m --steps 4   (SmolLM2-135M, ~6 min)
+      .venv/bin/python benchmarks/bench_memory.py --model models/smollm2-135m --device cuda --bf16 --steps 4 --json
       .venv/bin/python benchmarks/bench_memory.py --help
 
 Each variant runs ``--steps`` steps in a fresh subprocess (so no variant inherits another's heap) and reports:
@@ -17,6 +18,8 @@ LISA redraws every ``--lisa-period`` steps, so over the default 12 steps it sees
 releases the AdamW moments of blocks it freezes (the default), ``scalebio_lisa_keep`` keeps them (the authors'
 behaviour) and shows the state that builds up. ``scalebio_ckpt`` is full ScaleBiO with gradient checkpointing, which
 changes activations only (the "above floor" column). Not a test; RSS varies a little with the allocator.
+On a GPU (``--device cuda``, ``--bf16`` for autocast over fp32 weights) "peak" is ``torch.cuda.max_memory_allocated``
+and "floor" what the allocator held before the model was built (the batches); the breakdown is unchanged.
 """
 
 from __future__ import annotations
@@ -31,7 +34,18 @@ from typing import Any
 import torch
 from _common import FineTune as _FineTune
 from _common import ScaleBiO as _ScaleBiO
-from _common import add_size_args, describe_model, make_batch, new_model, proc_status_bytes, use_model_vocab
+from _common import (
+    add_device_args,
+    add_size_args,
+    check_device_args,
+    describe_model,
+    make_batch,
+    memory_now,
+    memory_peak,
+    new_model,
+    sync,
+    use_model_vocab,
+)
 
 from solvers.memory import MemoryBreakdown, breakdown
 from solvers.scalebio.loop import enable_checkpointing
@@ -43,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="", help="a local Hugging Face causal LM folder instead of the Llama below")
     add_size_args(ap)
+    add_device_args(ap)
     ap.add_argument("--lisa-period", type=int, default=2)
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="steps per variant")
@@ -51,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    check_device_args(args)
     use_model_vocab(args)
     return args
 
@@ -75,7 +91,7 @@ class ScaleBiO(_ScaleBiO):
         # as `curate reweight` runs it: u trains the loaded model in place (consume), w is a copy
         super().__init__(caller, args.sources, lisa_layers=args.lisa_layers if variant.startswith("scalebio_lisa")
                          else None, lisa_period=args.lisa_period, release_state=variant == "scalebio_lisa",
-                         lora=lora, consume=True)
+                         lora=lora, consume=True, autocast_bf16=args.bf16)
         if variant == "scalebio_ckpt":
             enable_checkpointing(self.state.u, self.state.w)
 
@@ -88,23 +104,25 @@ class ScaleBiO(_ScaleBiO):
 def child(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     batch, val = make_batch(args, 0), make_batch(args, 1)
-    floor = proc_status_bytes("VmRSS")
+    floor = memory_now(args.device)
     model = new_model(args)
-    runner = FineTune(model) if args.child == "finetune" else ScaleBiO(model, args, args.child)
+    runner = (FineTune(model, autocast_bf16=args.bf16) if args.child == "finetune"
+              else ScaleBiO(model, args, args.child))
     held = MemoryBreakdown(0, 0, 0)
     for _ in range(args.steps):
         runner.step(batch, val)
         now = runner.held()
         held = now if now.total > held.total else held
-    return {"floor": floor, "peak": proc_status_bytes("VmHWM"), "params": held.params, "grads": held.grads,
+    sync(args.device)
+    return {"floor": floor, "peak": memory_peak(args.device), "params": held.params, "grads": held.grads,
             "optimizer": held.optimizer}
 
 
 def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     keys = ("model", "vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "lisa_period", "lora_r",
-            "steps", "threads")
+            "steps", "threads", "device")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant] + [
-        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys]
+        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys] + (["--bf16"] if args.bf16 else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -116,7 +134,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
     base = results.get("finetune", {})
     lines = [
         f"{describe_model(args, new_model(args))}; batch {args.batch} x {args.seq}; {args.steps} steps; "
-        f"LISA gamma={args.lisa_layers} period {args.lisa_period}; LoRA r={args.lora_r}; {args.threads} threads",
+        f"LISA gamma={args.lisa_layers} period {args.lisa_period}; LoRA r={args.lora_r}; {args.threads} threads; "
+        f"{args.device}{' bf16 autocast' if args.bf16 else ''}",
         "",
         f"{'variant':<20}{'params':>8}{'grads':>8}{'optim':>8}{'tensors':>9}{'x ft':>7}"
         f"{'peak RSS':>10}{'above floor':>13}{'x ft':>7}   (MiB)",
@@ -141,6 +160,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
               "runs as `curate reweight` does, u training the loaded model in place and w a copy. peak RSS: VmHWM "
               "of a fresh process; above floor: minus the RSS after imports and batch creation (adds activations "
               "and allocator slack)."]
+    if args.device != "cpu":
+        lines.append(f"on {args.device} 'peak RSS' is torch.cuda.max_memory_allocated and 'above floor' subtracts what "
+                     "the allocator held before the model was built.")
     return "\n".join(lines)
 
 

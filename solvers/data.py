@@ -73,9 +73,10 @@ class TokenizedSet:
         return len(self.input_ids)
 
     def batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Collated tensors for the rows ``idx`` plus their ``source_ids``."""
+        """Collated tensors for the rows ``idx`` plus their ``source_ids``, on the host (the caller moves them)."""
         out = collate([(self.input_ids[i], self.labels[i]) for i in idx], self.pad_id)
-        out["source_ids"] = torch.as_tensor(self.source_ids[np.asarray(idx, dtype=np.int64)], dtype=torch.long)
+        out["source_ids"] = torch.as_tensor(self.source_ids[np.asarray(idx, dtype=np.int64)], dtype=torch.long,
+                                            device="cpu")
         return out
 
     def counts(self) -> np.ndarray:

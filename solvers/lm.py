@@ -166,14 +166,17 @@ def prompt_ids(tokenizer: Any, prompt: str, template: str = "auto", max_len: int
 
 
 def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of (ids, labels) pairs into ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    """Right-pad a list of (ids, labels) pairs into ``input_ids``, ``attention_mask`` and ``labels`` tensors.
+
+    Built on the host on purpose (many small writes), then moved to the model's device in one copy per tensor.
+    """
     width = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long, device="cpu")
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(items), width), dtype=torch.long, device="cpu")
     for row, (ids, lab) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
+        input_ids[row, : len(ids)] = torch.tensor(ids, device="cpu")
+        labels[row, : len(lab)] = torch.tensor(lab, device="cpu")
         mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 

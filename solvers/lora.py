@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from solvers.device import model_device, rng_devices
+
 ALL_LINEAR = "all-linear"
 
 
@@ -65,7 +67,8 @@ def with_adapters(model: nn.Module, spec: LoraSpec, names: Sequence[str] = ("def
     from peft import get_peft_model
 
     config = peft_config(spec)
-    with torch.random.fork_rng(devices=[]):
+    # A model on a GPU gets its adapters initialised there, by the CUDA generator: fork it too.
+    with torch.random.fork_rng(devices=rng_devices(model_device(model))):
         torch.manual_seed(spec.seed)
         peft_model = get_peft_model(model if consume else copy.deepcopy(model), config, adapter_name=names[0])
         for name in names[1:]:

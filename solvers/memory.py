@@ -125,6 +125,18 @@ class ModelShape:
         per_block = r * ((h + h) * 2 + (h + kv) * 2 + (h + i) * (2 if self.gated else 1) + (i + h))
         return self.layers * per_block
 
+    def attention_lora_params(self, r: int) -> int:
+        """Parameters of a rank-``r`` LoRA adapter on the attention projections q, k, v, o of every block (LESS's
+        default targets): r·(h+h) for q and o, r·(h+kv) for k and v."""
+        h, kv = self.hidden, self.kv_dim
+        return self.layers * r * (2 * (h + h) + 2 * (h + kv))
+
+    def forward_bytes(self, batch: int, seq: int) -> int:
+        """A no-grad forward of batch × seq tokens (scoring, a reference's loss): nothing is saved for a backward,
+        so the fp32 logits and their log-softmax dominate, plus a few hidden states alive at a time."""
+        tokens = batch * seq
+        return tokens * (2 * self.vocab * 4 + 4 * self.hidden * self.dtype_bytes)
+
     def activation_bytes(self, batch: int, seq: int, checkpointing: bool = False) -> int:
         """Tensors one forward saves for its backward, batch × seq tokens (eager attention, no checkpointing):
         per block the norms' and rotary embedding's intermediates, q/k/v, the attention scores and probabilities
@@ -142,17 +154,19 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Estimated peak bytes of one variant (parameters of every copy held, gradients, optimizer, activations)."""
+    """Estimated peak bytes of one variant (parameters of every copy held, gradients, optimizer, activations, and
+    a method's own buffers: LESS's per-example gradients, projection slice and checkpoints)."""
 
     variant: str
     params: int
     grads: int
     optimizer: int
     activations: int
+    buffers: int = 0
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.activations
+        return self.params + self.grads + self.optimizer + self.activations + self.buffers
 
 
 def estimate(shape: ModelShape, variant: str, batch: int, seq: int, *, val_batch: int | None = None,
@@ -187,6 +201,60 @@ def estimate(shape: ModelShape, variant: str, batch: int, seq: int, *, val_batch
     return Estimate(variant, held * b // shards, trained * b // shards, optimizer, acts)
 
 
+# The baselines, as ``curate reweight`` runs them: the loaded base is moved to the device and stays held by the
+# pipeline (P parameters of ``dtype_bytes`` b each), and every method trains deep copies of it. AdamW keeps two
+# moments per trained parameter; A(B) is :meth:`ModelShape.activation_bytes` of a batch of B rows, F(B) the no-grad
+# :meth:`ModelShape.forward_bytes`. bf16 autocast (GPU) is not credited: it shrinks activations, and the estimate
+# should err high.
+
+def rho_estimate(shape: ModelShape, seq: int, *, reference_batch: int, score_batch: int) -> Estimate:
+    """RHO at its peak, fitting the reference: the base (scored against later) and the reference copy, 2·P·b;
+    the reference's gradients P·b and AdamW moments 2·P·b; activations max(A(reference_batch), F(score_batch))
+    (the scoring passes hold no gradients or optimizer, so they never need more than that). Total ≈ 5·P·b + A."""
+    b, p = shape.dtype_bytes, shape.params
+    acts = max(shape.activation_bytes(reference_batch, seq), shape.forward_bytes(score_batch, seq))
+    return Estimate("RHO", 2 * p * b, p * b, 2 * p * b, acts)
+
+
+def doremi_estimate(shape: ModelShape, seq: int, *, batch: int) -> Estimate:
+    """DoReMi at its peak, the Group-DRO proxy phase: the base, the reference and the proxy, 3·P·b; the proxy's
+    gradients P·b and AdamW moments 2·P·b (the reference's optimizer is gone once its fit ends); activations of
+    one proxy batch plus the reference's no-grad pass on it, A(batch) + F(batch). Total ≈ 6·P·b + A + F."""
+    b, p = shape.dtype_bytes, shape.params
+    acts = shape.activation_bytes(batch, seq) + shape.forward_bytes(batch, seq)
+    return Estimate("DoReMi", 3 * p * b, p * b, 2 * p * b, acts)
+
+
+def less_estimate(shape: ModelShape, seq: int, *, lora_r: int, warmup_batch: int, warmup_epochs: int,
+                  grad_batch: int, proj_dim: int, proj_chunk_rows: int, feature_buffer_mb: float) -> Estimate:
+    """LESS at the larger of its two phases. L = :meth:`ModelShape.attention_lora_params` (LESS's default
+    targets; other ``target_modules`` are planned as these).
+
+    Both phases hold the base and its LoRA copy, 2·P·b + L·b, and one checkpoint per finished warmup epoch
+    (LoRA weights and two Adam moments), 3·E·L·b.
+    - warmup: the adapters' gradients L·b, AdamW moments 2·L·b, activations A(warmup_batch_size);
+    - features: activations of one vmapped per-example-gradient call, A(grad_batch_size), and the buffers, in
+      fp32: the gathered group of G rows awaiting projection and its concatenation, 2·G·L·4, with
+      G = max(1, ⌊feature_buffer_mb·2²⁰ / (4·L)⌋ // grad_batch_size)·grad_batch_size; the call's own gradients,
+      flattened copy and Adam-direction temporaries, 5·grad_batch_size·L·4; one slice of the projection matrix,
+      C·d·4 + 128·d (C = proj_chunk_rows rounded up to 128, at most L rounded up; d = proj_dim; the int8 block
+      being drawn), and the group's projected features G·d·4. G is planned full (the pool is not read for a
+      plan; a pool of fewer rows fills less of it). The ``[N, tasks]`` score table (4 bytes a row and task) is
+      left out: it is small next to any of these.
+    """
+    b, p, lora, f32 = shape.dtype_bytes, shape.params, shape.attention_lora_params(lora_r), 4
+    held, checkpoints = 2 * p * b + lora * b, 3 * warmup_epochs * lora * b
+    warm = Estimate("LESS warmup", held, lora * b, 2 * lora * b, shape.activation_bytes(warmup_batch, seq),
+                    checkpoints)
+    group = max(1, int(feature_buffer_mb * 2**20 // (f32 * lora)) // grad_batch) * grad_batch
+    chunk = min(-(-proj_chunk_rows // 128) * 128, -(-lora // 128) * 128)
+    buffers = (2 * group + 5 * grad_batch) * lora * f32 + chunk * proj_dim * f32 + 128 * proj_dim
+    buffers += group * proj_dim * f32
+    features = Estimate("LESS features", held, 0, 0, shape.activation_bytes(grad_batch, seq),
+                        checkpoints + buffers)
+    return max(warm, features, key=lambda e: e.total)
+
+
 def available_memory(device: str = "cpu") -> int:
     """Bytes free for a run: CUDA free memory for a ``cuda`` device, else the host's MemAvailable."""
     if device.startswith("cuda"):
@@ -214,18 +282,29 @@ def human(n: int) -> str:
 def plan_lines(shape: ModelShape, batch: int, seq: int, *, val_batch: int | None, lisa_layers: int, lora_r: int,
                chosen: str, checkpointing: bool = False) -> list[str]:
     """One line per variant for ``--plan``: the breakdown and total, the chosen one marked."""
-    lines = [f"model: {shape.params / 1e6:.1f}M params ({shape.layers} blocks x {shape.block_params / 1e6:.2f}M, "
-             f"{shape.outer_params / 1e6:.1f}M outside), {shape.dtype_bytes}-byte weights; micro batch {batch} x "
-             f"{seq} tokens" + ("; gradient checkpointing" if checkpointing else "")]
+    lines = [model_line(shape, batch, seq, checkpointing)]
     for variant in ("finetune", "full", "lisa", "lora"):
         e = estimate(shape, variant, batch, seq, val_batch=val_batch, lisa_layers=lisa_layers, lora_r=lora_r,
                      checkpointing=checkpointing)
         label = {"finetune": "fine-tune (reference)", "full": "ScaleBiO full", "lisa": f"ScaleBiO LISA({lisa_layers})",
                  "lora": f"ScaleBiO LoRA(r={lora_r})"}[variant]
-        mark = "  <- this run" if variant == chosen else ""
-        lines.append(f"  {label:<24} params {human(e.params)}, grads {human(e.grads)}, optimizer {human(e.optimizer)}, "
-                     f"activations {human(e.activations)}: total {human(e.total)}{mark}")
+        lines.append(estimate_line(label, e, variant == chosen))
     return lines
+
+
+def model_line(shape: ModelShape, batch: int, seq: int, checkpointing: bool = False) -> str:
+    """The plan's first line: the model's size and the micro batch every estimate below is for."""
+    return (f"model: {shape.params / 1e6:.1f}M params ({shape.layers} blocks x {shape.block_params / 1e6:.2f}M, "
+            f"{shape.outer_params / 1e6:.1f}M outside), {shape.dtype_bytes}-byte weights; micro batch {batch} x "
+            f"{seq} tokens" + ("; gradient checkpointing" if checkpointing else ""))
+
+
+def estimate_line(label: str, e: Estimate, chosen: bool = False) -> str:
+    """One ``--plan`` line: the breakdown and total of ``e`` (buffers only when the method has any)."""
+    buffers = f", buffers {human(e.buffers)}" if e.buffers else ""
+    mark = "  <- this run" if chosen else ""
+    return (f"  {label:<24} params {human(e.params)}, grads {human(e.grads)}, optimizer {human(e.optimizer)}, "
+            f"activations {human(e.activations)}{buffers}: total {human(e.total)}{mark}")
 
 
 def fitting_alternative(shape: ModelShape, chosen: str, batch: int, seq: int, budget: int, *,

@@ -21,7 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ from torch import nn
 
 from solvers.common import StepCallback
 from solvers.data import SourceSampler, TokenizedSet
+from solvers.device import bf16_autocast, check_autocast, rng_devices
 from solvers.lm import IGNORE, token_mean_loss
 
 GRAD_CLIP = 1.0
@@ -109,8 +109,7 @@ def finetune(
     """
     _check_args(data, steps, lr, batch_size, warmup_ratio, schedule)
     device = next(model.parameters()).device
-    if autocast_bf16 and device.type != "cuda":
-        raise ValueError(f"finetune: autocast_bf16 needs a CUDA model, got one on {device}")
+    check_autocast(autocast_bf16, device, "finetune")
     warmup_steps = math.ceil(warmup_ratio * steps) if schedule == "cosine" else 0
     groups = _param_groups(model, weight_decay, decay_all)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
@@ -119,7 +118,7 @@ def finetune(
     was_training = model.training
     model.train()  # dropout on while training, whatever mode the model arrived in (from_pretrained: eval)
     try:
-        with torch.random.fork_rng(devices=_rng_devices(device)):
+        with torch.random.fork_rng(devices=rng_devices(device)):
             torch.manual_seed(seed)
             for step in range(steps):
                 step_lr = lr_at(step, steps, lr, warmup_steps) if schedule == "cosine" else lr
@@ -138,7 +137,7 @@ def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[
                 step_lr: float, step: int, grad_clip: float | None, autocast_bf16: bool = False) -> dict[str, float]:
     for group in optimizer.param_groups:
         group["lr"] = step_lr
-    with _autocast(autocast_bf16):
+    with bf16_autocast(autocast_bf16):
         loss = token_mean_loss(model, batch)  # token_losses upcasts the logits, so the loss itself is fp32
     if not torch.isfinite(loss):
         raise FloatingPointError(f"finetune: loss is {loss.item()} at step {step}; lower lr or check data")
@@ -176,15 +175,6 @@ def _check_args(data: TokenizedSet, steps: int, lr: float, batch_size: int, warm
         raise ValueError(f"finetune: schedule must be 'cosine' or 'constant' (got {schedule!r})")
 
 
-def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
-
-def _rng_devices(device: torch.device) -> list[int]:
-    # fork_rng must also save/restore the CUDA generator when dropout runs there, else the caller's stream
-    # shifts.
-    return [device.index or 0] if device.type == "cuda" else []

@@ -15,9 +15,11 @@ from rich.table import Table
 from curate import launch, methods
 from curate.cli._common import ConfigPath, JsonLogs, Out, Quiet, Seed, err, guarded, out
 from curate.cli.progress import step_progress
+from curate.cli.resample import allocation_table, print_warnings
 from curate.errors import ConfigError
 from curate.pipeline import ReweightOutcome, ReweightRequest, ingest_first, prepare
 from curate.pipeline import reweight as run_reweight
+from curate.sampling import parse_max_epochs
 
 METHOD_KEYS = ("Method keys: flat (steps=300) or under the method's name (scalebio.steps=300, rho.reference_steps=50;"
                " `compare` needs the second). `--steps` sets: " + ", ".join(
@@ -37,14 +39,17 @@ def reweight(
     model: Annotated[str | None, typer.Option(help="'tiny' or a local Hugging Face model folder.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps of the method (see the keys below).")] = None,
     budget: Annotated[int | None, typer.Option(help="Also resample this many rows into RUN/data.")] = None,
+    max_epochs: Annotated[str | None, typer.Option(
+        "--max-epochs", metavar="E|none", help="With --budget: at most E passes over any one source (default 4), "
+                                               "the surplus going to the others; 'none': no cap.")] = None,
     seed: Seed = 0,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted ScaleBiO run folder.")] = None,
     json_logs: JsonLogs = False,
     lower_level: Annotated[str | None, typer.Option(
         "--lower-level", help="ScaleBiO's u and w: 'full' (two model copies) or 'lora' (two LoRA adapters "
                               "over one shared base).")] = None,
-    plan: Annotated[bool, typer.Option("--plan", help="Print the estimated peak memory of full, LISA and LoRA "
-                                                      "ScaleBiO, check it fits, and stop.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the method's estimated peak memory (ScaleBiO: "
+                                                      "full, LISA and LoRA), check it fits, and stop.")] = False,
     max_memory: Annotated[float | None, typer.Option(
         "--max-memory", help="Memory budget in GiB for the --plan check (default: available RAM); a run that "
                              "would not fit is refused before any work.")] = None,
@@ -68,7 +73,7 @@ def reweight(
 ) -> None:
     """Learn how much of each source to use for the target, with ScaleBiO or a baseline."""
     flags = {"method": method, "target": target, "model": model, "steps": steps, "budget": budget,
-             "lower_level": lower_level}
+             "max_epochs": _max_epochs_flag(max_epochs), "lower_level": lower_level}
     job = prepare(ReweightRequest(db, tuple(args or ()), config, flags, seed, resume, out_dir, launcher, zero, nproc,
                                   deepspeed_config, overwrite))
     if plan or max_memory is not None:
@@ -96,16 +101,29 @@ def reweight(
         print_outcome(outcome, quiet)
 
 
+def _max_epochs_flag(value: str | None) -> float | str | None:
+    """``--max-epochs`` checked now (one line naming the flag); ``none`` stays a word, since ``None`` here means
+    "not given" and the config's value (default 4) then applies."""
+    if value is None:
+        return None
+    epochs = parse_max_epochs(value)
+    return "none" if epochs is None else epochs
+
+
 def print_outcome(outcome: ReweightOutcome, quiet: bool) -> None:
-    """The weights and tokenization tables, then warnings (shown even with --quiet: a result the input cannot
-    fully support), then the run folder."""
+    """The weights and tokenization tables (and, with --budget, the allocation), then warnings (shown even with
+    --quiet: a result the input cannot fully support, a source the epoch cap cut), then the run folder."""
     diagnostics = outcome.diagnostics if isinstance(outcome.diagnostics, dict) else {}
     if not quiet:
         out.print(summary_table(outcome))
         if diagnostics.get("tokenization"):
             out.print(token_table(diagnostics["tokenization"]))
+        if outcome.resampled is not None:
+            out.print(allocation_table(outcome.resampled))
     for w in diagnostics.get("warnings", []):
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if outcome.resampled is not None:
+        print_warnings(outcome.resampled.warnings)
     out.print(f"wrote {outcome.run_dir}")
 
 

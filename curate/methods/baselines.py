@@ -11,15 +11,19 @@ from curate.methods.base import FitInputs, FitResult, TrajectoryRow
 
 
 def fit(inputs: FitInputs) -> FitResult:
-    """Run the baseline ``inputs.method`` on the pool (and, for model-based ones, the model and tokenized sets)."""
+    """Run the baseline ``inputs.method`` on the pool (and, for model-based ones, the model and tokenized sets),
+    on ``inputs.device`` as ScaleBiO runs: the base is saved in the run folder already, so the loaded model moves
+    there in place rather than as a second copy."""
     from baselines import run
 
     counts = inputs.counts
     if inputs.train is not None:  # label-less rows were dropped: weigh what is left
         counts = {s: int(n) for s, n in zip(inputs.train.sources, inputs.train.counts(), strict=True)}
+    model = inputs.model.to(inputs.device) if inputs.model is not None else None
     try:
-        res = run(inputs.method, inputs.cfg, counts=counts, model=inputs.model, train=inputs.train,
-                  target=inputs.target_set, on_step=inputs.on_step)
+        res = run(inputs.method, inputs.cfg, counts=counts, model=model, train=inputs.train,
+                  target=inputs.target_set, on_step=inputs.on_step,
+                  device=inputs.device if model is not None else None)
     except (ValueError, FloatingPointError) as e:  # a bad setting, or a reference model's loss going NaN
         raise ConfigError(f"{inputs.method}: {e}") from None
     trajectory = [TrajectoryRow.from_record(r) for r in res.trajectory or []]

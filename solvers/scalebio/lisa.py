@@ -48,7 +48,7 @@ class Lisa:
                              f"got {len(optimizers)}")
         if step % self.period:
             return False
-        self.active = [sorted(torch.randperm(len(b), generator=self.generator)[: self.n_active].tolist())
+        self.active = [sorted(torch.randperm(len(b), generator=self.generator, device="cpu")[: self.n_active].tolist())
                        for b in self.blocks]
         self.apply()
         if self.release_state:

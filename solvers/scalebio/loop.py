@@ -299,7 +299,8 @@ def _result(run: _Run) -> ScaleBiOResult:
     rows = run.trajectory
     start = int(run.cfg.average_from * run.cfg.steps)
     window = [r for r in rows if r["step"] >= start] or rows[-1:]
-    averaged = torch.tensor([[r[f"p_{s}"] for s in run.sources] for r in window], dtype=torch.float64).mean(0)
+    averaged = torch.tensor([[r[f"p_{s}"] for s in run.sources] for r in window], dtype=torch.float64,
+                            device="cpu").mean(0)  # a summary of the trajectory's floats, made on the host
     l1_avg = float((p.double() - averaged).abs().sum())
     warnings = []
     top = int(p.argmax())

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from solvers.device import bf16_autocast
 from solvers.lm import label_rows, per_example_loss, token_mean_loss
 from solvers.scalebio.objective import source_means
 from solvers.scalebio.simplex import weights
@@ -129,15 +130,15 @@ def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, a
     state.logits.grad = None
     p = weights(state.logits)
     source_ids, has_labels = train_batch["source_ids"], label_rows(train_batch)
-    with _autocast(autocast_bf16), _mode(state.u, train=True):
+    with bf16_autocast(autocast_bf16), _mode(state.u, train=True):
         lbar_u = _finite(source_means(per_example_loss_fn(state.u, train_batch), source_ids, n_sources,
                                       has_labels), step)
     (p.detach().to(lbar_u.dtype) @ lbar_u).backward()
-    with _autocast(autocast_bf16), _mode(state.w, train=True):
+    with bf16_autocast(autocast_bf16), _mode(state.w, train=True):
         lbar_w = _finite(source_means(per_example_loss_fn(state.w, train_batch), source_ids, n_sources,
                                       has_labels), step)
     (alpha * (p.detach().to(lbar_w.dtype) @ lbar_w)).backward()
-    with _autocast(autocast_bf16), _mode(state.w, train=not eval_mode):
+    with bf16_autocast(autocast_bf16), _mode(state.w, train=not eval_mode):
         target = _finite(target_loss_fn(state.w, val_batch), step)
     target.backward()
     lbar_u, lbar_w = lbar_u.detach(), lbar_w.detach()
@@ -209,10 +210,6 @@ def _clip(params: Iterable[torch.Tensor], max_norm: float | None, step: int) -> 
 def _tokens(batch: dict[str, torch.Tensor]) -> int:
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else len(next(iter(batch.values())))
-
-
-def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -107,3 +107,38 @@ def test_plan_lines_mark_the_chosen_variant():
     lines = plan_lines(SMOL, 8, 512, val_batch=8, lisa_layers=2, lora_r=8, chosen="lisa")
     assert len(lines) == 5 and "134.5M params" in lines[0]
     assert [i for i, line in enumerate(lines) if "this run" in line] == [3]
+
+
+def test_less_lora_count_matches_its_adapters():
+    """LESS's plan counts its default adapters (q, k, v, o of every block) exactly, grouped-query attention
+    included."""
+    from transformers import LlamaForCausalLM
+
+    from baselines.less import LessConfig, add_lora, lora_params
+    from solvers.lm import tiny_llama_config
+
+    config = tiny_llama_config(300, hidden=32, layers=3, heads=4, max_len=16)
+    config.num_key_value_heads = 2  # k and v are narrower than q and o
+    model = LlamaForCausalLM(config)
+    wrapped = add_lora(model, LessConfig(lora_r=4))
+    counted = sum(p.numel() for p in lora_params(wrapped).values())
+    assert ModelShape.from_config(model.config).attention_lora_params(4) == counted
+    assert SMOL.attention_lora_params(8) == 30 * 8 * (2 * (576 + 576) + 2 * (576 + 192))
+
+
+def test_baseline_estimates_count_their_model_copies():
+    """RHO holds the base and its reference, DoReMi also the proxy; each trains one copy with AdamW."""
+    from solvers.memory import doremi_estimate, less_estimate, rho_estimate
+
+    b, p = SMOL.dtype_bytes, SMOL.params
+    rho = rho_estimate(SMOL, 128, reference_batch=8, score_batch=8)
+    doremi = doremi_estimate(SMOL, 128, batch=8)
+    assert (rho.params, rho.grads, rho.optimizer) == (2 * p * b, p * b, 2 * p * b)
+    assert (doremi.params, doremi.grads, doremi.optimizer) == (3 * p * b, p * b, 2 * p * b)
+    assert doremi.total > rho.total > estimate(SMOL, "finetune", 8, 128).total
+    less = less_estimate(SMOL, 128, lora_r=8, warmup_batch=8, warmup_epochs=4, grad_batch=16, proj_dim=8192,
+                         proj_chunk_rows=1024, feature_buffer_mb=256)
+    assert less.variant == "LESS features" and less.params == 2 * p * b + SMOL.attention_lora_params(8) * b
+    bigger = less_estimate(SMOL, 128, lora_r=8, warmup_batch=8, warmup_epochs=4, grad_batch=16, proj_dim=8192,
+                           proj_chunk_rows=1024, feature_buffer_mb=1024)
+    assert bigger.buffers > less.buffers  # the gradient buffer is what feature_buffer_mb bounds

@@ -37,10 +37,32 @@ def test_a_plan_that_cannot_fit_is_refused_with_a_fix(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
 
 
-def test_plan_is_for_scalebio_only(tmp_path, monkeypatch):
+def test_every_model_based_method_has_a_plan(tmp_path, monkeypatch):
+    """LESS, RHO and DoReMi are planned like ScaleBiO: their line beside fine-tuning at the same batch; DoReMi
+    holds three model copies and RHO two, so at a shared batch DoReMi plans more than RHO, RHO more than
+    fine-tuning; a method without a model has nothing to plan."""
     monkeypatch.chdir(tmp_path)
+    totals = {}
+    for method, label, extra in (("rho", "RHO", ["reference_batch_size=8", "batch_size=8"]),
+                                 ("doremi", "DoReMi", ["batch_size=8"]),
+                                 ("less", "LESS", ["feature_buffer_mb=1", "proj_dim=64"])):
+        res = plan(tmp_path, "--method", method, "--max-memory", "64", "max_len=64", *extra)
+        assert res.exit_code == 0, res.output
+        line = next(x for x in res.output.splitlines() if "this run" in x)
+        assert line.lstrip().startswith(label) and "fine-tune (reference)" in res.output, res.output
+        totals[method] = line
+    assert "buffers" in totals["less"]  # the per-example gradient buffer and projection slice
     res = plan(tmp_path, "--method", "uniform")
-    assert res.exit_code == 2 and "--plan" in res.output, res.output
+    assert res.exit_code == 0 and "nothing to plan" in res.output, res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_baseline_that_cannot_fit_names_a_smaller_batch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = plan(tmp_path, "--method", "rho", "--max-memory", "0.5", "max_len=256", "reference_batch_size=64")
+    assert res.exit_code == 2, res.output
+    error = res.output.strip().splitlines()[-1]
+    assert error.startswith("error: --plan: this run needs about") and "set reference_batch_size=" in error, error
 
 
 def test_launcher_flags_are_checked_before_any_work(tmp_path, monkeypatch):
