@@ -116,7 +116,7 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, on_event: Eve
     folder = CompareFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = _jsonable(settings)
-    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    config_hash = cell_hash(config)
     write_json(folder.config, {**config, "config_hash": config_hash})
     test = _eval_rows(db, settings.eval_split)
     if settings.oracle:
@@ -131,7 +131,7 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, on_event: Eve
         base, max_len = _base_model(db, settings, folder.base(seed), seed)
         resolved = replace(settings, reweight=replace(settings.reweight, max_len=max_len))
         for arm in arms:
-            done = _cell(db, resolved, arm, seed, base, test, folder, config_hash, emit, len(results[arm]))
+            done = _cell(db, resolved, arm, seed, base, test, folder, config_hash, emit)
             if done.get("failed"):
                 failed.setdefault(arm, []).append(f"seed {seed}: {done['failed']}")
                 log.warning("%s seed %d failed: %s", arm, seed, done["failed"])
@@ -148,8 +148,19 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, on_event: Eve
     return report
 
 
+REPORT_ONLY = ("methods", "seeds", "seed", "main_metric")
+"""Settings that change which cells run or how they are reported, never a cell's own numbers."""
+
+
+def cell_hash(config: dict[str, Any]) -> str:
+    """The key a cached cell is reused under: every setting that can change one (arm, seed) cell's numbers, so
+    adding a seed or a method, or switching the main metric, reuses every cell already finished."""
+    keep = {k: v for k, v in config.items() if k not in REPORT_ONLY}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, folder: CompareFolder,
-          config_hash: str, emit: Event, index: int) -> dict[str, Any]:
+          config_hash: str, emit: Event) -> dict[str, Any]:
     """One (arm, seed) cell: the cached one when it finished under the same settings, else run and cache it."""
     path = folder.cell(arm, seed)
     done = json.loads(path.read_text()) if path.exists() else {}

@@ -25,11 +25,11 @@ ARITH = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "oper
 MUL = {**ARITH, "operators": ("*",)}
 # name: (reasoning-gym task, its parameters, rows, corrupt answers?)
 SOURCES: dict[str, tuple[str, dict[str, Any], int, bool]] = {
-    "arith": ("basic_arithmetic", ARITH, 700, False),
-    "arith_corrupt": ("basic_arithmetic", ARITH, 1200, True),
-    "arith_mul": ("basic_arithmetic", MUL, 800, False),
-    "chain_sum": ("chain_sum", {}, 800, False),
-    "spell_backward": ("spell_backward", {}, 800, False),
+    "arith": ("basic_arithmetic", ARITH, 1500, False),
+    "arith_corrupt": ("basic_arithmetic", ARITH, 2000, True),
+    "arith_mul": ("basic_arithmetic", MUL, 1200, False),
+    "chain_sum": ("chain_sum", {}, 1200, False),
+    "spell_backward": ("spell_backward", {}, 1200, False),
 }
 
 
@@ -45,7 +45,7 @@ def _rows(task: str, params: dict[str, Any], n: int, seed: int, corrupt: bool) -
     return out
 
 
-def build_corpus(dest: Path, n_val: int = 100, n_test: int = 200) -> dict[str, Path]:
+def build_corpus(dest: Path, n_val: int = 100, n_test: int = 500) -> dict[str, Path]:
     """Write the demo's JSONL files into ``dest``; returns {name: path}. Deterministic."""
     require("reasoning_gym", "train")
     dest.mkdir(parents=True, exist_ok=True)
@@ -70,20 +70,22 @@ def _write(path: Path, rows: list[dict[str, str]]) -> Path:
     return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-DEMO_BUDGET = 800
+DEMO_BUDGET = 1500
 DEMO_CONFIG: dict[str, Any] = {
     "template": "plain",
     "max_len": 64,
     "tiny": {"vocab_size": 384, "hidden": 128, "layers": 2, "heads": 4},
     # λ's step is the denoising setting ALGORITHMS.md recommends for tiny models (pitfall 4): 300 steps at the
     # default 0.02 leave the clean target source at ~0.6, short of where the other methods put it.
-    "scalebio": {"steps": 300, "batch_size": 40, "val_batch_size": 32, "alpha": 10.0, "lr_lambda": 0.05},
+    # 200 steps: on seeds 0-2 the clean source's weight reached its final value (0.98, 0.77, 0.85) by step 150-200.
+    "scalebio": {"steps": 200, "batch_size": 40, "val_batch_size": 32, "alpha": 10.0, "lr_lambda": 0.05},
     # Tiny models trained from scratch need far larger learning rates than the papers' 7B-scale defaults.
     "less": {"lr": 1e-2, "warmup_epochs": 2, "proj_dim": 1024, "select_fraction": 0.2, "grad_batch_size": 32},
     "rho": {"reference_steps": 150, "reference_lr": 3e-3, "select_fraction": 0.2},
     "doremi": {"reference_data": "target", "reference_steps": 150, "reference_lr": 3e-3, "proxy_steps": 150,
                "proxy_lr": 1e-3},
-    # 1,200 steps: at 600 the tiny model learned held-out addition in 1 of 3 fine-tuning seeds on the oracle's
-    # data (69%, 15%, 8% exact match), so accuracy measured luck; at 1,200 both seeds tried reached 44-59%.
-    "recipe": {"steps": 1200, "lr": 3e-3, "batch_size": 32, "eval_limit": 200, "max_new_tokens": 5},
+    # 4 epochs over each arm's 1,500 rows (188 steps). The old 1,200 steps over 800 rows (48 epochs) made accuracy
+    # a phase change one seed reached and the next did not, and overfitting let a mixed arm beat the oracle on
+    # held-out loss; a few epochs keep the loss, the main metric, about the data.
+    "recipe": {"epochs": 4, "lr": 3e-3, "batch_size": 32, "eval_limit": 200, "max_new_tokens": 5},
 }

@@ -121,7 +121,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 
 def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
 
 def html(summary: Mapping[str, Any], images: Mapping[str, bytes]) -> str:

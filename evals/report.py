@@ -73,6 +73,7 @@ summary = {                                   # what build_summary returns and s
         "<metric>": {"mean_diff", "improvement", "higher_is_better", "ci", "half_width", "p", "p_wilcoxon",
                      "p_ttest", "n_seeds", "n_examples", "seed_noise", "seeds_better", "seeds_worse",
                      "outcome"} | None},
+      "vs_oracle": {"<metric>": {...as vs_headline...}} | None,  # this one minus the oracle; None without one
       "gap_closed": {"<metric>": share | None} | None,  # (method - baseline) / (oracle - baseline)
       "has_trajectory": bool}},
   "verdict": {...},                                     # evals.verdict.VERDICT documents it
@@ -180,7 +181,9 @@ def build_summary(results: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any
         "directions": ways,
         "sources": sources,
         "methods": {name: _method_summary(runs, head_runs, metric_names, ways, sources,
-                                          is_headline=name == headline_method, seed=seed)
+                                          is_headline=name == headline_method, seed=seed,
+                                          oracle_runs=methods.get(oracle) if oracle else None,
+                                          is_oracle=name == oracle)
                     for name, runs in _ordered(methods, baseline, headline_method)},
         "meta": results.get("meta") or {},
     }
@@ -210,7 +213,8 @@ def _ordered(methods: Mapping[str, Any], baseline: str, headline_method: str) ->
 
 def _method_summary(runs: Sequence[Mapping[str, Any]], head_runs: Sequence[Mapping[str, Any]] | None,
                     metric_names: list[str], ways: Mapping[str, str], sources: list[str], is_headline: bool,
-                    seed: int) -> dict[str, Any]:
+                    seed: int, oracle_runs: Sequence[Mapping[str, Any]] | None = None,
+                    is_oracle: bool = False) -> dict[str, Any]:
     seeds = [run.get("seed", i) for i, run in enumerate(runs)]
     out: dict[str, Any] = {
         "n_seeds": len(runs),
@@ -225,6 +229,8 @@ def _method_summary(runs: Sequence[Mapping[str, Any]], head_runs: Sequence[Mappi
     out.update(_weights_summary(runs, sources))
     out["vs_headline"] = None if is_headline or head_runs is None else {
         m: _paired(head_runs, runs, m, ways[m] == "max", seed) for m in metric_names if m not in _UNPAIRED}
+    out["vs_oracle"] = None if is_oracle or oracle_runs is None else {
+        m: _paired(runs, oracle_runs, m, ways[m] == "max", seed) for m in metric_names if m not in _UNPAIRED}
     out["gap_closed"] = None
     return out
 
@@ -338,7 +344,7 @@ def table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     the baseline-to-oracle gap closed, mean wall seconds and mean tokens.
     """
     metric_names, main = summary["metrics"], summary["main_metric"]
-    lead = f"{summary['headline_method']} lead ({main}, 95% CI)"
+    lead = f"{summary['headline_method']} lead\n{main}, 95% CI"
     header = ["method", "seeds", *metric_names, lead, "p", "gap closed", "wall s", "tokens"]
     rows = []
     for name, m in summary["methods"].items():
@@ -361,7 +367,7 @@ def lead_text(cmp: Mapping[str, Any]) -> str:
         return f"{cmp['improvement']:+.3g}"
     sign = 1.0 if cmp["higher_is_better"] else -1.0
     low, high = sorted(sign * v for v in cmp["ci"])
-    return f"{cmp['improvement']:+.3g} [{low:+.3g}, {high:+.3g}]"
+    return f"{cmp['improvement']:+.3g} [{low:+.2g}, {high:+.2g}]"
 
 
 def _cost_cell(method: Mapping[str, Any], key: str, fmt: str) -> str:
@@ -370,20 +376,23 @@ def _cost_cell(method: Mapping[str, Any], key: str, fmt: str) -> str:
 
 
 def rich_table(summary: Mapping[str, Any], title: str = "curate compare", caption: bool = True) -> Any:
-    """:func:`table_rows` as two Rich tables (the metrics, then the comparison and the cost), so each stays whole
-    at 80 columns: names wrap, numbers never do; captioned with the headline unless ``caption=False``."""
+    """:func:`table_rows` as two Rich tables (the metrics, then the comparison and the wall time), so each stays
+    whole at 80 columns; captioned with the headline unless ``caption=False``."""
     from rich.console import Group
     from rich.table import Table
 
     header, rows = table_rows(summary)
     split = 2 + len(summary["metrics"])
+    keep = slice(split, len(header) - 1)  # tokens stay in the report: with it the second table passes 80 columns
     parts = [(title, header[:split], [r[:split] for r in rows]),
-             (None, header[:1] + header[split:], [r[:1] + r[split:] for r in rows])]
+             (None, header[:1] + header[keep], [r[:1] + r[keep] for r in rows])]
     tables = []
     for name, cols, cells in parts:
         table = Table(title=name)
+        shortest = min(12, max(len(r[0]) for r in cells))  # a long method name folds; numbers never do
         for i, col in enumerate(cols):
-            table.add_column(col, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i > 0)
+            table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i > 0, overflow="fold",
+                             min_width=shortest if i == 0 else None)
         for row in cells:
             table.add_row(*row)
         tables.append(table)

@@ -23,7 +23,8 @@ verdict = {
   "best_other": "doremi" | None,                       # best mean on the metric among the non-headline arms
   "vs_best": {"method", "outcome": "beat|tied|lost|untested", "improvement", "ci", "p"} | None,  # + = better
   "vs_baseline": {...same...} | None,                  # None when the baseline is the best other arm or absent
-  "oracle": {"name", "mean", "holds": bool, "above": [methods better than it], "gap_closed": {m: share}} | None,
+  "oracle": {"name", "mean", "holds": bool, "above": [methods better beyond the noise],
+             "within_noise": [methods better on average, but within the noise], "gap_closed": {m: share}} | None,
   "secondary": [{"metric", "best_other", "vs_best", "vs_baseline"}, ...],  # every other compared metric
   "resolution": {"<metric>": median 95% half-width over the arms},
 }
@@ -90,13 +91,14 @@ def _oracle(summary: Mapping[str, Any], metric: str) -> dict[str, Any] | None:
     methods = summary["methods"]
     if not name or metric not in methods[name]["metrics"]:
         return None
-    sign = 1.0 if summary["directions"][metric] == "max" else -1.0
     level = methods[name]["metrics"][metric]["mean"]
-    above = [n for n, m in methods.items() if n != name and metric in m["metrics"]
-             and sign * (m["metrics"][metric]["mean"] - level) > 0]
+    vs = {n: cmp for n, m in methods.items() if (cmp := (m.get("vs_oracle") or {}).get(metric)) is not None}
+    above = [n for n, cmp in vs.items() if cmp["outcome"] == "beat"]  # better than the oracle beyond the noise
+    within = [n for n, cmp in vs.items() if cmp["outcome"] in ("tied", "untested") and cmp["improvement"] > 0]
     gaps = {n: m["gap_closed"][metric] for n, m in methods.items()
             if (m.get("gap_closed") or {}).get(metric) is not None}
-    return {"name": name, "mean": level, "holds": not above, "above": above, "gap_closed": gaps}
+    return {"name": name, "mean": level, "holds": not above, "above": above, "within_noise": within,
+            "gap_closed": gaps}
 
 
 def headline_text(summary: Mapping[str, Any]) -> str:
@@ -104,7 +106,8 @@ def headline_text(summary: Mapping[str, Any]) -> str:
     v = summary.get("verdict") or build_verdict(summary)
     meta = summary.get("meta") or {}
     parts = [_main_sentence(summary, v), _oracle_sentence(summary, v),
-             *[_secondary_sentence(s) for s in v["secondary"]], _size_sentence(v), *meta.get("notes", [])]
+             *[_secondary_sentence(s) for s in v["secondary"]], _size_sentence(v), _floor_sentence(summary),
+             *meta.get("notes", [])]
     text = " ".join(p for p in parts if p)
     failed = _listing(meta.get("failed"))
     evals = _listing(meta.get("failed_evals"))
@@ -154,12 +157,13 @@ def _oracle_sentence(summary: Mapping[str, Any], v: Mapping[str, Any]) -> str:
         return ""
     if not o["holds"]:
         return (f"The oracle arm ({o['name']}, {o['mean']:.4g}) is no ceiling here: {', '.join(o['above'])} did "
-                f"better, so the target is not just the oracle's source.")
+                f"better beyond the noise, so the target is not just the oracle's source.")
     gaps = ", ".join(f"{n} {share:.0%}" for n, share in o["gap_closed"].items())
     base = v["baseline"]
     source = (summary.get("meta") or {}).get("oracle")
     what = f"{o['name']}, trained on {source} alone" if source else o["name"]
-    return (f"The oracle ({what}) is the ceiling at {o['mean']:.4g}" +
+    noise = f" ({', '.join(o['within_noise'])} above it, within the noise)" if o["within_noise"] else ""
+    return (f"The oracle ({what}) is the ceiling at {o['mean']:.4g}{noise}" +
             (f"; share of {base}'s gap to it closed: {gaps}." if gaps else "."))
 
 
@@ -170,6 +174,23 @@ def _secondary_sentence(s: Mapping[str, Any]) -> str:
     if s["vs_baseline"] is not None:
         text += f", {_clause(s['vs_baseline'])}"
     return text + "."
+
+
+FLOOR = 0.05
+"""A rate every arm stays under is at the floor: a few lucky rows decide its comparisons."""
+
+
+def _floor_sentence(summary: Mapping[str, Any]) -> str:
+    """Say so when a rate metric (accuracy: one 0/1 per row) is near 0 for every arm, so its clauses are noise."""
+    low = [m for m in summary["metrics"] if summary["directions"].get(m) == "max" and "acc" in m
+           and all(0 <= x["metrics"][m]["mean"] < FLOOR for x in summary["methods"].values() if m in x["metrics"])]
+    if not low:
+        return ""
+    names = " and ".join(low)
+    return (f"Every arm's {names} is under {FLOOR:.0%}, so its comparisons rest on a handful of rows; read "
+            f"{summary['main_metric']} instead.") if summary["main_metric"] not in low else (
+            f"Every arm's {names} is under {FLOOR:.0%}: the verdict rests on a handful of rows; a smoother metric "
+            "(main_metric=target_loss) or a longer recipe would say more.")
 
 
 def _size_sentence(v: Mapping[str, Any]) -> str:

@@ -39,4 +39,7 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
+    from curate.threads import configure_openmp
+
+    configure_openmp()  # before any command imports torch
     app()

@@ -89,7 +89,7 @@ def test_the_compare_table_stays_whole_at_80_columns():
     console = Console(record=True, width=80)
     console.print(rich_table(build_summary(results)))
     text = console.export_text()
-    for whole in ("uniform", "2,000,000", "0.4751", "1235", "accuracy", "target_loss"):
+    for whole in ("uniform", "12345.6", "0.4751", "1235", "accuracy", "target_loss"):  # tokens: in the report
         assert whole in text, text
     assert "…" not in text
     assert max(len(line) for line in text.splitlines()) <= 80

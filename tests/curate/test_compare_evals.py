@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from tests.judge_stub import running_stub
+from tests.lmeval_task import write_mc_task
 
 runner = CliRunner()
 SMALL = ["--methods", "uniform,temperature", "--seeds", "1", "--budget", "40", "recipe.steps=5",
@@ -91,24 +92,10 @@ def test_progress_names_every_cell_and_its_stages(tmp_path, arith_db):
 
 
 def _arith_task(folder):
-    """A local lm-eval multiple-choice task over a JSONL file: the right sum against two wrong ones."""
+    """The right sum against two wrong ones, as a local lm-eval task."""
     rows = [{"question": f"{a} + {b} =", "choices": [str(a + b), str(a + b + 1), str(a * b + 7)], "label": 0}
             for a, b in ((i % 9 + 1, i // 9 + 2) for i in range(24))]
-    data = folder / "sums.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "sums.yaml").write_text(f"""task: sums
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-""")
+    write_mc_task(folder, "sums", rows)
     return len(rows)
 
 
@@ -131,3 +118,42 @@ def test_lm_eval_tasks_join_the_report_offline(tmp_path, arith_db, monkeypatch):
     assert len(cell["per_example"]["sums/acc"]) == n
     assert summary["methods"]["uniform"]["vs_headline"]["sums/acc"]["n_examples"] == n
     assert len(list(out.rglob("model/config.json"))) == 2  # each arm's model, saved for lm-eval
+
+
+def test_more_seeds_or_methods_reuse_the_finished_cells(tmp_path, arith_db):
+    out = tmp_path / "cmp"
+    assert _compare(arith_db, out).exit_code == 0
+    before = (out / "cells" / "uniform-seed0.json").read_text()
+    two_seeds = ["compare", "--db", str(arith_db), "--out", str(out), "--methods", "uniform,temperature",
+                 "--seeds", "2", *SMALL[4:], "main_metric=accuracy"]
+    res = runner.invoke(app, two_seeds)
+    assert res.exit_code == 0, res.output
+    assert "compare 1/4: seed 0 uniform reused" in res.output and "seed 1 uniform done" in res.output
+    assert (out / "cells" / "uniform-seed0.json").read_text() == before
+    # a setting that changes a cell's numbers retrains it
+    res = _compare(arith_db, out, "recipe.lr=1e-3")
+    assert res.exit_code == 0 and "compare 1/2: seed 0 uniform done" in res.output, res.output
+
+
+def test_on_a_terminal_the_bar_counts_cells_and_shows_the_stage(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from curate.cli import progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "err", Console(file=screen, force_terminal=True, width=120))
+    with progress.compare_progress(quiet=False, json_logs=False) as on_event:
+        on_event({"event": "start", "total": 2, "arms": ["uniform", "scalebio"], "seeds": [0]})
+        on_event({"event": "cell", "arm": "uniform", "seed": 0, "cached": False})
+        on_event({"event": "phase", "phase": "fine-tune", "total": 3})
+        for step in range(3):
+            on_event({"event": "step", "stage": "sft", "step": step, "loss": 1.5})
+        on_event({"event": "done", "arm": "uniform", "seed": 0, "status": "ok", "wall_s": 12.3})
+        on_event({"event": "cell", "arm": "scalebio", "seed": 0, "cached": True})
+        on_event({"event": "done", "arm": "scalebio", "seed": 0, "status": "cached", "wall_s": 40.0})
+    text = screen.getvalue()
+    assert "compare 1/2: seed 0 uniform done in 12 s" in text and "compare 2/2: seed 0 scalebio reused" in text
+    # the last frame (Rich redraws on a timer, so the instant steps above leave no frame of their own)
+    assert "2/2" in text and "0:00:00" in text and "seed 0 · scalebio" in text

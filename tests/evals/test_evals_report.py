@@ -165,7 +165,11 @@ def test_an_oracle_that_a_method_beats_is_no_ceiling():
     res = _results(scalebio_loss=0.80)
     s = build_summary(res)
     assert not s["verdict"]["oracle"]["holds"] and s["verdict"]["oracle"]["above"] == ["scalebio"]
-    assert "is no ceiling here: scalebio did better" in s["headline"]
+    assert "is no ceiling here: scalebio did better beyond the noise" in s["headline"]
+    # a method a hair better than the oracle is within the noise: the ceiling holds, and the report says so
+    close = build_summary(_results(scalebio_loss=0.98))
+    assert close["verdict"]["oracle"]["holds"] and close["verdict"]["oracle"]["within_noise"] == ["scalebio"]
+    assert "is the ceiling at" in close["headline"] and "(scalebio above it, within the noise)" in close["headline"]
 
 
 def test_main_metric_is_configurable_and_checked():
@@ -239,7 +243,7 @@ def test_table_rows_and_rich_table():
     s = build_summary(_results())
     header, rows = table_rows(s)
     assert header[:5] == ["method", "seeds", "target_loss", "accuracy", "ppl"]
-    assert header[5] == "scalebio lead (target_loss, 95% CI)"
+    assert header[5] == "scalebio lead\ntarget_loss, 95% CI"
     assert [r[0] for r in rows] == ["scalebio", "uniform", "temperature", "doremi", "oracle"]
     assert all(len(r) == len(header) for r in rows)
     assert rows[0][5] == "–" and rows[2][-1] == "–"
@@ -284,3 +288,14 @@ def test_rewrite_replaces_files(written, tmp_path):
 def test_dumps_is_strict_json():
     text = report.dumps({"a": float("inf"), "b": [float("nan"), 1.0]})
     assert json.loads(text) == {"a": None, "b": [None, 1.0]}
+
+
+def test_a_rate_at_the_floor_is_called_noise():
+    res = _results()
+    for runs in res["methods"].values():
+        for run in runs:
+            run["metrics"]["accuracy"] = 0.01
+            run["per_example"]["accuracy"] = [1.0] + [0.0] * (N_ROWS - 1)
+    assert "Every arm's accuracy is under 5%, so its comparisons rest on a handful of rows" in (
+        build_summary(res)["headline"])
+    assert "under 5%" not in build_summary(_results())["headline"]

@@ -2,7 +2,6 @@
 real offline lm-eval run on a local task over a tiny Llama."""
 
 import importlib.machinery
-import json
 import math
 import random
 import re
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from evals.lmeval import flatten_results, parse_eval_spec, run_lm_eval
+from tests.lmeval_task import write_mc_task
 
 # Captured from a real lm-eval 0.4.13 run (6 documents, tiny Llama): a group over a multiple-choice task and a
 # two-filter generation task, plus a rolling-loglikelihood task. Sample records keep the fields flattening reads
@@ -158,22 +158,7 @@ def _rows() -> list[dict]:
 
 
 def _write_task(folder, rows) -> None:
-    data = folder / "tiny_mc.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "tiny_mc.yaml").write_text(f"""task: tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-""")
+    write_mc_task(folder, "tiny_mc", rows, metrics=("acc", "acc_norm"))
 
 
 def _save_uniform_model(folder, rows, seed: int = 0):
