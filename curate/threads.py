@@ -4,7 +4,7 @@ torch's OpenMP threads spin-wait for each other at the end of every parallel reg
 one of the cores, every op waits for a thread that is not running, and a 2-core run beside one busy process was
 3x slower than alone (``benchmarks/bench_threads.py``). Two defaults fix that without slowing an idle machine:
 libgomp spins only briefly before sleeping (``GOMP_SPINCOUNT``, set before torch loads), and a command that trains
-uses no more threads than there are cores free at its start (the 1-minute load average). A user's own
+uses no more threads than there are cores idle at its start (sampled from ``/proc/stat``). A user's own
 ``OMP_NUM_THREADS`` or ``GOMP_SPINCOUNT`` always wins.
 """
 
@@ -25,17 +25,41 @@ def configure_openmp() -> None:
     os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 
-def free_cores() -> int:
-    """Cores this process may use that the load average says are not taken (at least 1)."""
+def free_cores(window_s: float = 0.3) -> int:
+    """Cores this process may use that are idle right now (at least 1): the share of idle time over a short
+    window of ``/proc/stat``, times the cores. The load average would be simpler but lags a minute behind, so it
+    still counts a job that just finished; without ``/proc`` (not Linux) it is the fallback."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return cores
-    return max(1, cores - int(load + 0.5))
+    idle = _idle_share(window_s)
+    if idle is None:
+        try:
+            return max(1, cores - int(os.getloadavg()[0] + 0.5))
+        except OSError:
+            return cores
+    return max(1, min(cores, int(idle * (os.cpu_count() or cores) + 0.5)))
+
+
+def _idle_share(window_s: float) -> float | None:
+    """Share of all CPU time spent idle (idle + iowait) over ``window_s`` seconds, or None without /proc/stat."""
+    import time
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(fields[3:5]), sum(fields[:8])  # (idle + iowait, everything but guest time)
+
+    first = sample()
+    time.sleep(window_s)
+    second = sample()
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1])
 
 
 def fit_threads_to_free_cores() -> int:
