@@ -116,6 +116,10 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, on_event: Eve
     folder = CompareFolder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = _jsonable(settings)
+    if settings.evaluations.judge is not None:  # config.json is kept and shared: no user:password@ in it
+        from evals.judge import scrub_url
+
+        config["evaluations"]["judge"]["url"] = scrub_url(settings.evaluations.judge.url)
     config_hash = cell_hash(config)
     write_json(folder.config, {**config, "config_hash": config_hash})
     test = _eval_rows(db, settings.eval_split)

@@ -50,6 +50,15 @@ def test_judge_scores_join_the_report_and_can_be_the_main_metric(tmp_path, arith
     assert SECRET not in res.output and SECRET not in (out / "summary.json").read_text()
 
 
+def test_a_password_in_the_judge_url_stays_out_of_the_kept_files(tmp_path, arith_db, stub):
+    out = tmp_path / "cmp"
+    url = stub.url("ok").replace("http://", "http://alice:hunter2@")
+    res = _compare(arith_db, out, "--judge", url, "judge.timeout_s=5")
+    assert res.exit_code == 0, res.output
+    kept = "".join(p.read_text() for p in out.rglob("*.json")) + res.output
+    assert "hunter2" not in kept and "judge" in json.loads((out / "summary.json").read_text())["metrics"]
+
+
 @pytest.mark.parametrize("mode", ["slow", "unauth"])
 def test_a_broken_judge_is_a_recorded_failure_and_the_cells_survive(tmp_path, arith_db, stub, mode):
     out = tmp_path / "cmp"
