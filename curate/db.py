@@ -11,6 +11,10 @@ ledger entry that brought it, so one file's contribution can be removed exactly 
 An aborted write transaction (Ctrl-C, a failed file, kill -9) leaves the blocks DuckDB wrote optimistically at the
 end of the file; :func:`compact` gives them back, and a writable open does it when the file is larger than its
 blocks.
+
+Every open caps DuckDB's buffer (:func:`memory_limit`: ``min(2 GB, half of RAM)``, or ``CURATE_DUCKDB_MEMORY``) and
+gives it a spill folder next to the store (``<db>.tmp``), so an ingest or a big query's peak memory is bounded by that
+cap, not by the size of the pool: DuckDB writes what does not fit to disk instead of taking the machine's memory.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import duckdb
 
-from curate.errors import DataError, LockError
+from curate.errors import ConfigError, DataError, LockError
 
 SCHEMA_VERSION = 3
 
@@ -96,6 +100,41 @@ WHERE rejects.ingest_id IS NULL AND l.origin = rejects.origin AND l.source = rej
 
 _LOCK_PID = re.compile(r"PID (\d+)")
 
+MEMORY_ENV = "CURATE_DUCKDB_MEMORY"
+_DEFAULT_CAP = 2 * 1000**3
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*", re.IGNORECASE)
+
+
+def memory_limit() -> str:
+    """DuckDB's ``memory_limit`` for curate's connections, e.g. ``'2000MB'``.
+
+    DuckDB's own default is 80% of RAM, which on a shared machine lets one big ingest take the memory other
+    processes (a training run, a tokenizer) need; a fixed cap plus a spill folder keeps ingest's RSS flat as the
+    pool grows. ``CURATE_DUCKDB_MEMORY`` (``512MB``, ``4GB``...) overrides the default ``min(2 GB, RAM / 2)``.
+
+    Raises:
+        ConfigError: the environment variable is not a size.
+    """
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if not raw:
+        return f"{min(_DEFAULT_CAP, _ram_bytes() // 2) // 1000**2}MB"
+    m = _SIZE.fullmatch(raw)
+    if m is None or float(m.group(1)) <= 0:
+        raise ConfigError(f"{MEMORY_ENV}={raw!r}: not a memory size; set it like 512MB or 4GB (or unset it)")
+    return f"{m.group(1)}{(m.group(2) or 'B').upper()}"
+
+
+def spill_dir(path: Path) -> Path:
+    """Where DuckDB spills what does not fit in :func:`memory_limit`: a folder beside the store, same disk."""
+    return path.with_name(path.name + ".tmp")
+
+
+def _ram_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 2 * _DEFAULT_CAP
+
 
 @contextlib.contextmanager
 def open_db(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -113,8 +152,10 @@ def open_db(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDB
     if not read_only and not path.parent.is_dir():
         raise DataError(f"{path}: folder {path.parent} does not exist; create it (mkdir -p {path.parent}) or pass "
                         "another --db")
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "memory_limit": memory_limit(), "temp_directory": str(spill_dir(path))}
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as e:
         msg = str(e)
         if "lock" in msg.lower():
@@ -150,6 +191,8 @@ def removed_if_left_empty(path: Path | str) -> Iterator[None]:
         if created and path.is_file() and _has_no_ingests(path):
             for p in (path, path.with_name(path.name + ".wal")):
                 p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                spill_dir(path).rmdir()  # only when empty: DuckDB removes its own spill files on close
         raise
 
 

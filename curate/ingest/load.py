@@ -20,7 +20,16 @@ from curate.errors import CurateError, DataError, Interrupted
 from curate.ingest import ledger
 from curate.ingest.diagnose import array_message, is_json_array, no_rows_message
 from curate.ingest.normalize import SCHEMAS, SOURCE_NAME_RE, detect_schema, normalized_select
-from curate.ingest.readers import NotUtf8, detect_format, discover, drop_raw, load_raw, raise_if_not_utf8
+from curate.ingest.readers import (
+    NotUtf8,
+    detect_format,
+    discover,
+    drop_raw,
+    load_raw,
+    raise_if_line_too_long,
+    raise_if_not_utf8,
+    raise_if_out_of_memory,
+)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_MAX_CHARS = 100_000
@@ -238,6 +247,10 @@ def _load(con: duckdb.DuckDBPyConnection, item: _Plan, digest: str, line_by_line
         con.execute(f"CREATE TEMP TABLE norm AS {query}", args)
     except duckdb.InvalidInputException as e:
         raise_if_not_utf8(e)
+        raise_if_line_too_long(e, path)
+        raise
+    except duckdb.OutOfMemoryException as e:
+        raise_if_out_of_memory(e, path)
         raise
     valid = con.execute("SELECT count(*) FROM norm WHERE reason IS NULL").fetchone()
     if not valid or not valid[0]:

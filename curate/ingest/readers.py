@@ -9,16 +9,20 @@ and ``datasets`` ``save_to_disk`` folders become JSON objects per row with ``to_
 from __future__ import annotations
 
 import codecs
+import re
 from pathlib import Path
 
 import duckdb
 
+from curate.db import MEMORY_ENV
 from curate.errors import DataError
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv",
               ".tsv": "csv"}
 HF_MARKERS = ("dataset_info.json", "state.json")
 INVALID_UTF8 = "invalid UTF-8"
+BATCH_ROWS = 50_000
+"""Rows per batch where Python hands rows to DuckDB (the invalid-UTF-8 path, Arrow shards)."""
 
 
 class NotUtf8(Exception):
@@ -136,6 +140,8 @@ def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = 
     except duckdb.Error as e:
         if fmt == "jsonl":
             raise_if_not_utf8(e)
+            raise_if_line_too_long(e, path)
+        raise_if_out_of_memory(e, path)
         first = str(e).strip().splitlines()[0][:160]
         raise DataError(f"{path}: cannot read as {fmt} ({first}); fix the file") from None
     return table
@@ -158,13 +164,55 @@ def blank(expr: str) -> str:
             f"THEN regexp_full_match({expr}, '\\s*') ELSE false END")
 
 
-_LINES = ("read_csv(?, columns={'line': 'VARCHAR'}, header=false, delim='', quote='', escape='', "
-          "auto_detect=false, max_line_size=1000000000)")
+MIN_LINE_BYTES = 2 * 1024**2
+MAX_LINE_BYTES = 256 * 1024**2
+_UNITS = {"bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+_TOO_LONG = re.compile(r"Maximum line size of (\d+) bytes exceeded")
+
+
+def line_cap(con: duckdb.DuckDBPyConnection) -> int:
+    """The longest JSONL line (bytes) the line reader accepts: an eighth of DuckDB's memory limit, 2-256 MiB.
+
+    DuckDB's CSV reader allocates one buffer of ``max_line_size`` bytes, capped at the file's size; the old
+    1 GB limit therefore made it buffer the whole file, so ingest's memory grew with the file. A line this long
+    is far beyond ``--max-chars`` anyway.
+    """
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    parts = str(row[0] if row else "").split()
+    try:
+        limit = float(parts[0]) * _UNITS[parts[1].lower()]
+    except (IndexError, KeyError, ValueError):
+        return MAX_LINE_BYTES
+    return int(min(MAX_LINE_BYTES, max(MIN_LINE_BYTES, limit // 8)))
+
+
+def raise_if_line_too_long(error: duckdb.Error, path: Path) -> None:
+    """Turn the line reader's "Maximum line size exceeded" into a one-line DataError with the fix."""
+    m = _TOO_LONG.search(str(error))
+    if m is not None:
+        raise DataError(
+            f"{path}: a line is longer than {int(m.group(1)):,} bytes, the most one JSONL line may take with "
+            f"this memory limit; raise {MEMORY_ENV} (lines may take 1/8 of it, up to 256 MiB) or fix the file"
+        ) from None
+
+
+def raise_if_out_of_memory(error: duckdb.Error, path: Path) -> None:
+    """Turn DuckDB's Out of Memory error (a cap too small for even its spill buffers) into the fix."""
+    if isinstance(error, duckdb.OutOfMemoryException) or "Out of Memory" in str(error):
+        raise DataError(f"{path}: DuckDB ran out of memory under its limit; raise {MEMORY_ENV} (e.g. "
+                        f"{MEMORY_ENV}=2GB) or check that the disk beside the store has room to spill") from None
+
+
+def _lines(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    lit = "'" + str(path).replace("'", "''") + "'"
+    cap = line_cap(con)
+    return (f"read_csv({lit}, columns={{'line': 'VARCHAR'}}, header=false, delim='', quote='', escape='', "
+            f"auto_detect=false, max_line_size={cap}, buffer_size={cap})")
 
 
 def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
-    lit = "'" + str(path).replace("'", "''") + "'"
-    lines = _LINES.replace("?", lit)
+    lines = _lines(con, path)
     con.execute(
         f"""CREATE TEMP VIEW {table} AS SELECT origin_row, line, NULL::VARCHAR AS pre_reason FROM (
               SELECT row_number() OVER () AS origin_row, line FROM {lines}) WHERE NOT {blank('line')}"""
@@ -178,21 +226,41 @@ def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
 
 
 def _load_jsonl_lines(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
-    """The cold path for files with invalid bytes: a Python loop, to keep each bad line as its own reject."""
-    rows: list[tuple[int, str, str | None]] = []
+    """The cold path for files with invalid bytes: a Python loop, to keep each bad line as its own reject.
+
+    Lines go to DuckDB in batches of :data:`BATCH_ROWS`, so Python holds one batch, never the file.
+    """
+    con.execute(f"CREATE TEMP TABLE {table} (origin_row BIGINT, line VARCHAR, pre_reason VARCHAR)")
+    batch: list[tuple[int, str, str | None]] = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
-                rows.append((n, raw.decode("utf-8", errors="replace").rstrip("\r\n"), INVALID_UTF8))
-                continue
-            if line.strip():
-                rows.append((n, line, None))
-    con.execute(f"CREATE TEMP TABLE {table} (origin_row BIGINT, line VARCHAR, pre_reason VARCHAR)")
-    if rows:
-        con.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)", rows)
+                batch.append((n, raw.decode("utf-8", errors="replace").rstrip("\r\n"), INVALID_UTF8))
+            else:
+                if line.strip():
+                    batch.append((n, line, None))
+            if len(batch) >= BATCH_ROWS:
+                _insert_lines(con, table, batch)
+                batch = []
+    _insert_lines(con, table, batch)
     return table
+
+
+def _insert_lines(con: duckdb.DuckDBPyConnection, table: str, batch: list[tuple[int, str, str | None]]) -> None:
+    if not batch:
+        return
+    import pyarrow as pa
+
+    rows, lines, reasons = zip(*batch, strict=True)
+    arrow = pa.table({"origin_row": pa.array(rows, pa.int64()), "line": pa.array(lines, pa.string()),
+                      "pre_reason": pa.array(reasons, pa.string())})
+    con.register("_curate_line_batch", arrow)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT origin_row, line, pre_reason FROM _curate_line_batch")
+    finally:
+        con.unregister("_curate_line_batch")
 
 
 def _check_utf8_whole(path: Path) -> None:
@@ -202,17 +270,23 @@ def _check_utf8_whole(path: Path) -> None:
 
 
 def _load_json_array(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None:
+    """Element by element with DuckDB's streaming array reader: the file is never one string in memory."""
     _check_utf8_whole(path)
-    ok = con.execute("SELECT json_valid(content) FROM read_text(?)", [str(path)]).fetchone()
-    if not ok or not ok[0]:
-        raise DataError(f"{path}: not a valid JSON array; fix the file or save it as JSONL (one object per line)")
-    con.execute(
-        f"""CREATE TEMP TABLE {table} AS
-            SELECT ord::BIGINT AS origin_row, elem::VARCHAR AS line, NULL::VARCHAR AS pre_reason
-            FROM (SELECT unnest(json_extract(content, '$[*]')) AS elem,
-                         generate_subscripts(json_extract(content, '$[*]'), 1) AS ord FROM read_text(?))""",
-        [str(path)],
-    )
+    cap = line_cap(con)
+    try:
+        con.execute(
+            f"""CREATE TEMP TABLE {table} AS
+                SELECT row_number() OVER () AS origin_row, json_extract(json, '$')::VARCHAR AS line,
+                       NULL::VARCHAR AS pre_reason
+                FROM read_json_objects(?, format='array', maximum_object_size={cap})""",
+            [str(path)],
+        )
+    except duckdb.InvalidInputException as e:
+        if "maximum_object_size" in str(e):
+            raise DataError(f"{path}: an element is larger than {cap:,} bytes, the most one JSON array element may "
+                            f"take with this memory limit; raise {MEMORY_ENV} or save the file as JSONL") from None
+        raise DataError(f"{path}: not a valid JSON array; fix the file or save it as JSONL (one object per line)"
+                        ) from None
 
 
 def _from_relation(con: duckdb.DuckDBPyConnection, table: str, relation: str, args: list) -> None:
@@ -224,17 +298,22 @@ def _from_relation(con: duckdb.DuckDBPyConnection, table: str, relation: str, ar
 
 
 def _load_hf(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None:
+    """Shard by shard, record batch by record batch: the folder is never concatenated into one Arrow table."""
     import pyarrow as pa
 
     shards = sorted(path.glob("data-*.arrow")) or sorted(path.glob("*.arrow"))
     if not shards:
         raise DataError(f"{path}: save_to_disk folder without .arrow shards; re-save it with datasets")
-    tables = []
+    con.execute(f"CREATE TEMP TABLE {table} (origin_row BIGINT, line VARCHAR, pre_reason VARCHAR)")
+    offset = 0
     for shard in shards:
         with pa.memory_map(str(shard)) as src:
-            tables.append(pa.ipc.open_stream(src).read_all())
-    con.register("_curate_arrow_rows", pa.concat_tables(tables))
-    try:
-        _from_relation(con, table, "_curate_arrow_rows", [])
-    finally:
-        con.unregister("_curate_arrow_rows")
+            for batch in pa.ipc.open_stream(src):
+                con.register("_curate_arrow_rows", pa.Table.from_batches([batch]))
+                try:
+                    con.execute(f"""INSERT INTO {table} SELECT ? + row_number() OVER () AS origin_row,
+                                    to_json(t)::VARCHAR AS line, NULL::VARCHAR FROM _curate_arrow_rows t""",
+                                [offset])
+                finally:
+                    con.unregister("_curate_arrow_rows")
+                offset += batch.num_rows
