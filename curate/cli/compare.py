@@ -40,7 +40,7 @@ def compare(
     model: Annotated[str, typer.Option(help="'tiny' or a local Hugging Face model folder.")] = "tiny",
     oracle: Annotated[str | None, typer.Option(help="Also train on this source alone (a ceiling).")] = None,
     eval_: Annotated[list[str] | None, typer.Option(
-        "--eval", help="Extra evaluation, e.g. lm-eval:TASK[,TASK] (needs curate[lmeval]).")] = None,
+        "--eval", help="Extra evaluation, e.g. lm-eval:TASK\\[,TASK] (pip install 'curate\\[lmeval]').")] = None,
     eval_include: Annotated[Path | None, typer.Option(help="Folder of local lm-eval task YAMLs.")] = None,
     judge: Annotated[str | None, typer.Option(
         help="OpenAI-compatible endpoint (…/v1) that grades each arm's answers 1-10; key from "
