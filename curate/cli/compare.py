@@ -56,9 +56,6 @@ def compare(
     values["evaluations"] = evaluations_for(values, eval_ or [], eval_include, judge)
     settings = settings_for(values, methods, budget, seeds, target, eval_split, model, oracle, seed)
     dest = safe_out_dir(out_dir, "compare")
-    from curate.threads import fit_threads_to_free_cores
-
-    fit_threads_to_free_cores()
     with compare_progress(quiet, json_logs) as on_event:
         report = run_compare(db, settings, dest, on_event=on_event)
     print_summary(report, title="curate compare", report_path=dest / "report.html")

@@ -46,9 +46,6 @@ def demo(
         out.print(report_table(reports, db))
     settings = settings_for(copy.deepcopy(DEMO_CONFIG), methods, DEMO_BUDGET, seeds, "val", "test", "tiny", "arith",
                             seed)
-    from curate.threads import fit_threads_to_free_cores
-
-    fit_threads_to_free_cores()
     with compare_progress(quiet, json_logs) as on_event:
         report = compare(db, settings, out_dir / "compare", on_event=on_event)
     print_summary(report, f"demo: 2-term arithmetic after fine-tuning on each method's {DEMO_BUDGET} rows",

@@ -95,10 +95,6 @@ def reweight(
         reports = ingest_first(job)
         if not quiet:
             out.print(report_table(reports, job.db))
-    if "torch" in job.method.needs and not job.launch.rank.in_job:  # a launcher sets each rank's threads
-        from curate.threads import fit_threads_to_free_cores
-
-        fit_threads_to_free_cores()
     with step_progress(job.total_steps, job.settings.method, quiet, json_logs) as on_step:
         outcome = run_reweight(job, on_step=on_step)
     if outcome is not None:  # None on the ranks other than 0: rank 0 reports
