@@ -44,7 +44,8 @@ def tables(summary: Mapping[str, Any]) -> list[Table]:
 
 
 def _paired_table(summary: Mapping[str, Any]) -> Table:
-    from evals.report import lead_text, p_text
+    from evals.report import lead_text
+    from evals.verdict import p_value
 
     head = summary["headline_method"]
     header = ["method", "metric", f"{head} − method", f"{head} lead, 95% CI", "outcome", "p (bootstrap)",
@@ -55,7 +56,7 @@ def _paired_table(summary: Mapping[str, Any]) -> Table:
             if c is None:
                 continue
             rows.append([name, metric, f"{c['mean_diff']:+.4g}", lead_text(c), c["outcome"],
-                         p_text(c["p"]).removeprefix("p = ").removeprefix("p "), _num(c["p_wilcoxon"], ".3g"),
+                         p_value(c["p"]), _num(c["p_wilcoxon"], ".3g"),
                          _num(c["p_ttest"], ".3g"), f"{c['seeds_better']}/{c['n_seeds']}",
                          f"{c['n_examples']} × {c['n_seeds']}"])
     return (f"{head} versus every other arm, paired by test row and seed", header, rows)

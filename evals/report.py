@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
+from evals.verdict import build_verdict, headline_text, improvement_ci, p_value
 from solvers.common.io import write_bytes, write_text
 
 SCHEMA_VERSION = 2
@@ -158,8 +159,6 @@ def build_summary(results: Mapping[str, Any], *, seed: int = 0) -> dict[str, Any
     Returns:
         The summary; ``SUMMARY`` documents its keys. Non-finite numbers become None.
     """
-    from evals.verdict import build_verdict, headline_text
-
     validate_results(results)
     methods: Mapping[str, list[Mapping[str, Any]]] = results["methods"]
     baseline = results.get("baseline", "uniform")
@@ -318,22 +317,12 @@ def _add_gap_closed(summary: dict[str, Any]) -> None:
         m["gap_closed"] = shares
 
 
-def headline(summary: Mapping[str, Any]) -> str:
-    """The verdict sentences (``summary["headline"]``), recomputed from the summary's verdict."""
-    from evals.verdict import headline_text
-
-    return headline_text(summary)
+headline = headline_text
+"""The verdict sentences (``summary["headline"]``), recomputed from the summary's verdict."""
 
 
 def _pm(stats: Mapping[str, Any]) -> str:
     return f"{stats['mean']:.4g} ± {stats['std']:.2g}"
-
-
-def p_text(p: float | None) -> str:
-    """See :func:`evals.verdict.p_text`."""
-    from evals.verdict import p_text as text
-
-    return text(p)
 
 
 def table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -354,7 +343,7 @@ def table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
             name, str(m["n_seeds"]),
             *[_pm(m["metrics"][k]) if k in m["metrics"] else "–" for k in metric_names],
             "–" if cmp is None else lead_text(cmp),
-            "–" if cmp is None or cmp["p"] is None else p_text(cmp["p"]).removeprefix("p = ").removeprefix("p "),
+            "–" if cmp is None else p_value(cmp["p"]),
             "–" if gap is None else f"{gap:.0%}",
             _cost_cell(m, "wall_s", "{:.1f}"), _cost_cell(m, "tokens", "{:,.0f}"),
         ])
@@ -363,11 +352,10 @@ def table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def lead_text(cmp: Mapping[str, Any]) -> str:
     """The headline method's improvement over an arm with its interval, both signed so + is better."""
-    if cmp["ci"] is None:
+    ci = improvement_ci(cmp)
+    if ci is None:
         return f"{cmp['improvement']:+.3g}"
-    sign = 1.0 if cmp["higher_is_better"] else -1.0
-    low, high = sorted(sign * v for v in cmp["ci"])
-    return f"{cmp['improvement']:+.3g} [{low:+.2g}, {high:+.2g}]"
+    return f"{cmp['improvement']:+.3g} [{ci[0]:+.2g}, {ci[1]:+.2g}]"
 
 
 def _cost_cell(method: Mapping[str, Any], key: str, fmt: str) -> str:

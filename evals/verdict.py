@@ -54,9 +54,8 @@ def _against(summary: Mapping[str, Any], metric: str) -> dict[str, Any]:
     others = [n for n in cmps if n != summary.get("oracle")]
     best = _best(summary, others, metric)
     base = summary["baseline"]
-    sign = 1.0 if summary["directions"][metric] == "max" else -1.0
-    return {"best_other": best, "vs_best": _brief(best, cmps, sign) if best else None,
-            "vs_baseline": _brief(base, cmps, sign) if base in cmps and base != best else None}
+    return {"best_other": best, "vs_best": _brief(best, cmps) if best else None,
+            "vs_baseline": _brief(base, cmps) if base in cmps and base != best else None}
 
 
 def _best(summary: Mapping[str, Any], names: list[str], metric: str) -> str | None:
@@ -66,11 +65,19 @@ def _best(summary: Mapping[str, Any], names: list[str], metric: str) -> str | No
     return max(names, key=lambda n: sign * summary["methods"][n]["metrics"][metric]["mean"])
 
 
-def _brief(name: str, cmps: Mapping[str, Mapping[str, Any]], sign: float) -> dict[str, Any]:
+def _brief(name: str, cmps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """One comparison, with ``ci`` the interval of the improvement (signed so + means the headline is better)."""
     cmp = cmps[name]
-    ci = None if cmp["ci"] is None else sorted(sign * x for x in cmp["ci"])
-    return {"method": name, "outcome": cmp["outcome"], "improvement": cmp["improvement"], "ci": ci, "p": cmp["p"]}
+    return {"method": name, "outcome": cmp["outcome"], "improvement": cmp["improvement"],
+            "ci": improvement_ci(cmp), "p": cmp["p"]}
+
+
+def improvement_ci(cmp: Mapping[str, Any]) -> list[float] | None:
+    """The interval of ``improvement`` (+ is better), from the interval of the raw difference ``ci``."""
+    if cmp["ci"] is None:
+        return None
+    sign = 1.0 if cmp["higher_is_better"] else -1.0
+    return sorted(sign * x for x in cmp["ci"])
 
 
 def _size(summary: Mapping[str, Any], metric: str) -> dict[str, Any]:
@@ -130,11 +137,18 @@ def _clause(brief: Mapping[str, Any]) -> str:
     return f"{words} ({brief['improvement']:+.3g}, 95% CI [{low:+.3g}, {high:+.3g}], {p_text(brief['p'])})"
 
 
-def p_text(p: float | None) -> str:
-    """A bootstrap p-value as text: 0 means no replicate crossed 0, i.e. below the resolution of the resampling."""
+def p_value(p: float | None) -> str:
+    """A bootstrap p-value for a table cell: 0 means no replicate crossed 0, i.e. below the resolution of the
+    resampling, so it reads ``< 0.001``."""
     if p is None:
-        return "p –"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def p_text(p: float | None) -> str:
+    """:func:`p_value` in a sentence: ``p < 0.001``, ``p = 0.04``."""
+    value = p_value(p)
+    return f"p {value}" if value[0] in "<–" else f"p = {value}"
 
 
 def _main_sentence(summary: Mapping[str, Any], v: Mapping[str, Any]) -> str:

@@ -36,17 +36,23 @@ def _describe(row: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _json_line(record: dict[str, Any]) -> None:
+    sys.stderr.write(json.dumps(record, default=str) + "\n")
+
+
+def _plain(quiet: bool, json_logs: bool) -> Any:
+    """The callback when nothing is drawn: one JSON line per record (``--json-logs``), nothing (``--quiet``), or
+    None when a bar or plain lines should be shown."""
+    if json_logs:
+        return _json_line
+    return (lambda record: None) if quiet else None
+
+
 @contextmanager
 def step_progress(total: int | None, label: str, quiet: bool, json_logs: bool) -> Iterator[Any]:
     """Yield an ``on_step(row)`` callback that advances a bar (or logs JSON lines)."""
-    if json_logs:
-        def log(row: dict[str, Any]) -> None:
-            sys.stderr.write(json.dumps({k: v for k, v in row.items()}, default=str) + "\n")
-
-        yield log
-        return
-    if quiet:
-        yield lambda row: None
+    if (plain := _plain(quiet, json_logs)) is not None:
+        yield plain
         return
     if not err.is_terminal:  # a log file or a pipe: a line every tenth of the way, never a bar's remnants
         every = max(1, (total or 100) // 10)
@@ -78,14 +84,8 @@ def step_progress(total: int | None, label: str, quiet: bool, json_logs: bool) -
 def compare_progress(quiet: bool, json_logs: bool) -> Iterator[Any]:
     """Yield an ``on_event(event)`` callback for :func:`curate.compare.compare`: one bar over the (arm, seed)
     cells with elapsed time and ETA, one over the current stage's steps, and a line per finished cell."""
-    if json_logs:
-        def log(event: dict[str, Any]) -> None:
-            sys.stderr.write(json.dumps(event, default=str) + "\n")
-
-        yield log
-        return
-    if quiet:
-        yield lambda event: None
+    if (plain := _plain(quiet, json_logs)) is not None:
+        yield plain
         return
     state: dict[str, Any] = {"n": 0, "total": 0, "cell": ""}
     if not err.is_terminal:
