@@ -12,7 +12,7 @@ from curate.cli.progress import compare_progress
 from curate.compare import DEFAULT_METHODS, CompareSettings, Recipe
 from curate.compare import compare as run_compare
 from curate.config import build, load_config
-from curate.errors import ConfigError
+from curate.errors import ConfigError, require
 from curate.evaluate import Evaluations
 from curate.runs import safe_out_dir
 from curate.settings import settings_from
@@ -71,6 +71,8 @@ def evaluations_for(values: dict, specs: list[str], include: Path | None, judge_
             tasks += parse_eval_spec(spec)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if tasks:  # refused now, not after the first arm has fine-tuned
+        require("lm_eval", "lmeval")
     if include is not None and not include.is_dir():
         raise ConfigError(f"--eval-include {include}: no such folder; give the folder holding the task YAMLs")
     judge_keys = values.pop("judge", None) or {}

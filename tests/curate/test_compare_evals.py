@@ -90,6 +90,17 @@ def test_plugin_settings_are_checked_before_any_work(tmp_path, arith_db):
         assert not out.exists()
 
 
+def test_lm_eval_tasks_without_the_extra_are_refused_before_any_work(tmp_path, arith_db, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    out = tmp_path / "cmp"
+    res = _compare(arith_db, out, "--eval", "lm-eval:sums")
+    assert res.exit_code == 2 and "pip install 'curate[lmeval]'" in res.output, res.output
+    assert not out.exists()
+
+
 def test_progress_names_every_cell_and_its_stages(tmp_path, arith_db):
     res = _compare(arith_db, tmp_path / "cmp")  # not a terminal: one line per stage and per finished cell
     assert res.exit_code == 0, res.output
