@@ -40,7 +40,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def subset(data: TokenizedSet, rows: Iterable[int] | np.ndarray) -> TokenizedSet:
-    """The rows ``rows`` of ``data`` as a new set with the same source list (ids are kept when present)."""
+    """The rows ``rows`` of ``data`` as a new set with the same source list (ids are kept when present); a streamed
+    set (:class:`solvers.stream.StreamedSet`) stays streamed."""
+    if hasattr(data, "subset"):
+        return data.subset(np.asarray(list(rows), dtype=np.int64))
     rows = [int(r) for r in rows]
     return TokenizedSet(
         input_ids=[data.input_ids[r] for r in rows],

@@ -238,18 +238,21 @@ def _eval_rows(db: Path, split: str) -> Rows:
 def _base_model(db: Path, settings: CompareSettings, dest: RunFolder, seed: int) -> tuple[Path, int]:
     """One saved base model per seed (built from --model), shared by every arm, and the ``max_len`` every arm's
     reweight, fine-tune and evaluation use (``auto`` resolved once, on the same rows reweight sees)."""
-    from curate.corpus import load_pool_and_target
+    from curate.corpus import load_run_data
     from curate.modeling import load_tokenizer, max_positions
     from curate.tokens import resolve_max_len
 
     rw = settings.reweight
     tiny = TinyModel(**rw.tiny) if rw.tiny else TinyModel()
-    with open_db(db, read_only=True) as con:
-        pool, target = load_pool_and_target(con, rw.target)
-    built = (dest.base_model / "config.json").exists()
-    spec = str(dest.base_model) if built else rw.model
-    tok = load_tokenizer(spec, [pool, target], rw.template, tiny)
-    max_len, _ = resolve_max_len(rw.max_len, tok, pool, target, rw.template, max_positions(spec))
+    data = load_run_data(db, rw.target, stream_above=rw.stream_above)  # the rows reweight sees, read the same way
+    try:
+        assert data.pool is not None
+        built = (dest.base_model / "config.json").exists()
+        spec = str(dest.base_model) if built else rw.model
+        tok = load_tokenizer(spec, [data.pool, data.target], rw.template, tiny)
+        max_len, _ = resolve_max_len(rw.max_len, tok, data.pool, data.target, rw.template, max_positions(spec))
+    finally:
+        data.close()
     if built:
         return dest.base_model, max_len
     model = load_model(rw.model, tok, seed=seed, max_len=max_len, tiny=tiny)

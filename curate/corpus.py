@@ -7,10 +7,11 @@ rows), and a target source is left out of the pool.
 
 from __future__ import annotations
 
-from collections import Counter
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import duckdb
 
@@ -31,12 +32,40 @@ class Rows:
     def __len__(self) -> int:
         return len(self.example_ids)
 
+    def take(self, idx: Sequence[int]) -> Rows:
+        """The rows at positions ``idx``, in that order."""
+        return Rows([self.example_ids[i] for i in idx], [self.sources[i] for i in idx],
+                    [self.prompts[i] for i in idx], [self.responses[i] for i in idx])
+
+    def sample(self, n: int, seed: int = 0) -> Rows:
+        """At most ``n`` rows drawn without replacement (seeded), in pool order; all of them when there are fewer."""
+        return self if n >= len(self) else self.take(sample_positions(len(self), n, seed))
+
+
+def sample_positions(total: int, n: int, seed: int = 0) -> list[int]:
+    """``n`` of ``range(total)``, seeded, sorted: the one sample every pool representation draws."""
+    return sorted(random.Random(seed).sample(range(total), n))
+
+
+class PoolLike(Protocol):
+    """What a method reads from the pool: :class:`Rows` in memory, or a :class:`curate.snapshot.PoolSnapshot`."""
+
+    def __len__(self) -> int: ...
+    def take(self, idx: Sequence[int]) -> Rows: ...
+    def sample(self, n: int, seed: int = 0) -> Rows: ...
+
+
+STREAM_ABOVE = 100_000
+"""Pools with more rows than this are streamed (:mod:`curate.snapshot`, :mod:`solvers.stream`) rather than held
+in memory: 100,000 rows of 128 tokens already cost ~0.5 GB as token lists."""
+
 
 @dataclass
 class RunData:
     """What a reweight run reads from the store: the pool, the target, rows per source and a fingerprint."""
 
-    pool: Rows
+    pool: PoolLike | None
+    """None when the method reads no text (uniform, temperature, ...: counts are all they use)."""
     target: Rows
     counts: dict[str, int]
     fingerprint: str
@@ -44,6 +73,16 @@ class RunData:
     @property
     def sources(self) -> list[str]:
         return sorted(self.counts)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+    def close(self) -> None:
+        """Release a streamed pool's snapshot (nothing to do for one in memory)."""
+        close = getattr(self.pool, "close", None)
+        if close is not None:
+            close()
 
 
 def _rows(con: duckdb.DuckDBPyConnection, where: str, args: list) -> Rows:
@@ -71,43 +110,55 @@ def read_parquet_rows(files: Sequence[Path]) -> Rows:
                 [r or "" for r in cols["response"]])
 
 
-def load_run_data(db: Path, target: str, *, need_target: bool = True) -> RunData:
-    """Read a run's pool and target (:func:`load_pool_and_target`) with a read-only connection, released after.
+def load_run_data(db: Path, target: str, *, need_target: bool = True, need_text: bool = True,
+                  stream_above: int = STREAM_ABOVE) -> RunData:
+    """Read a run's pool and target with a read-only connection, released after.
 
-    With ``need_target=False`` (a method that does not use the target) a target split with no rows is allowed;
-    a ``--target`` that names nothing is refused either way.
+    The pool's text is read only when the method needs it (``need_text``); above ``stream_above`` rows it is
+    streamed into a :class:`curate.snapshot.PoolSnapshot` beside the store instead of Python lists (call
+    :meth:`RunData.close` when done). With ``need_target=False`` (a method that does not use the target) a target
+    split with no rows is allowed; a ``--target`` that names nothing is refused either way.
     """
     from curate.db import data_fingerprint, open_db
 
     with open_db(db, read_only=True) as con:
-        pool, tgt = load_pool_and_target(con, target, allow_empty_target=not need_target)
-        counts = Counter(pool.sources)  # one pass over the pool, not one per source
+        where, args, tgt = pool_query(con, target, allow_empty_target=not need_target)
+        counts = dict(con.execute(f"SELECT source, count(*) FROM examples WHERE {where} GROUP BY 1 ORDER BY 1",
+                                  args).fetchall())
         fingerprint = data_fingerprint(con, sorted(counts))
-    return RunData(pool, tgt, {s: counts[s] for s in sorted(counts)}, fingerprint)
+        pool: PoolLike | None = None
+        if need_text and sum(counts.values()) > stream_above:
+            from curate.snapshot import PoolSnapshot
+
+            pool = PoolSnapshot.write(con, where, args, Path(db).resolve().parent, counts)
+        elif need_text:
+            pool = _rows(con, where, args)
+    return RunData(pool, tgt, {s: int(counts[s]) for s in sorted(counts)}, fingerprint)
 
 
-def load_pool_and_target(con: duckdb.DuckDBPyConnection, target: str,
-                         allow_empty_target: bool = False) -> tuple[Rows, Rows]:
-    """The pool (train rows of the weighed sources) and the target rows for ``--target``.
+def pool_query(con: duckdb.DuckDBPyConnection, target: str,
+               allow_empty_target: bool = False) -> tuple[str, list[Any], Rows]:
+    """The pool's ``WHERE`` clause (train rows of the weighed sources) and arguments, and the target rows.
 
     Raises:
-        ConfigError: the target names neither a split with rows nor a source, or the pool has < 2 sources.
+        ConfigError: the target names neither a split with rows nor a source, or the pool has no rows.
     """
     sources = [r[0] for r in con.execute("SELECT DISTINCT source FROM examples ORDER BY 1").fetchall()]
+    where, args = "split = 'train'", []
     if target in SPLIT_NAMES:
         tgt = _rows(con, "split = ?", [target])
-        pool = _rows(con, "split = 'train'", [])
     elif target in sources:
         has_val = con.execute("SELECT count(*) FROM examples WHERE source = ? AND split = 'val'", [target]).fetchone()
         tgt = _rows(con, "source = ? AND split = 'val'", [target]) if has_val and has_val[0] else _rows(
             con, "source = ?", [target])
-        pool = _rows(con, "split = 'train' AND source <> ?", [target])
+        where, args = "split = 'train' AND source <> ?", [target]
     else:
         raise ConfigError(f"--target: {target!r} is neither a split (train, val, test) nor a source "
                           f"({', '.join(sources) or 'none stored'}); ingest a target set with --split val")
     if len(tgt) == 0 and not allow_empty_target:
         raise ConfigError(f"--target: no rows for {target!r}; ingest them first, e.g. `curate ingest val.jsonl "
                           f"--split {target if target in SPLIT_NAMES else 'val'}`")
-    if len(set(pool.sources)) < 1:
+    found = con.execute(f"SELECT count(*) FROM examples WHERE {where}", args).fetchone()
+    if not found or not found[0]:
         raise ConfigError("no training rows to weigh; ingest sources with --split train")
-    return pool, tgt
+    return where, args, tgt

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.corpus import Rows
+from curate.corpus import PoolLike, Rows
 from curate.errors import DataError, require
 from curate.io import atomic_dir
 
@@ -37,7 +37,7 @@ class TinyModel:
             raise ValueError("tiny.hidden must be a multiple of tiny.heads")
 
 
-def load_tokenizer(spec: str, rows: list[Rows], template: str, tiny: TinyModel) -> Any:
+def load_tokenizer(spec: str, rows: list[PoolLike], template: str, tiny: TinyModel) -> Any:
     """The tokenizer for ``--model``: the folder's own, or for ``tiny`` a BPE trained on ``rows`` formatted with
     their template (:func:`training_texts`), so that the template encodes to a few tokens, not one a byte.
 
@@ -107,12 +107,21 @@ def max_positions(spec: str) -> int | None:
     return None
 
 
-def training_texts(rows: list[Rows], template: str) -> list[str]:
-    """Every prompt formatted with the template a tiny tokenizer's model will see, and every response."""
+TOKENIZER_SAMPLE = 100_000
+"""Rows of each set a ``tiny`` tokenizer is trained on: all of them below this (a BPE's merges settle long before),
+a seeded sample above."""
+STREAMED_TOKENIZER_SAMPLE = 20_000
+"""The same for a streamed pool: a sample touches the snapshot's pages only where its rows lie."""
+
+
+def training_texts(rows: list[PoolLike], template: str) -> list[str]:
+    """Every prompt formatted with the template a tiny tokenizer's model will see, and every response (of at most
+    :data:`TOKENIZER_SAMPLE` rows of each set)."""
     from solvers.lm import template_texts
 
     out: list[str] = []
-    for r in rows:
+    for pool in rows:
+        r = pool.sample(TOKENIZER_SAMPLE if isinstance(pool, Rows) else STREAMED_TOKENIZER_SAMPLE, 0)
         out += template_texts(None, r.prompts, template) + list(r.responses)
     return out
 
@@ -153,11 +162,21 @@ def save_pretrained(dest: Path, model: Any, tokenizer: Any) -> Path:
     return dest
 
 
-def tokenize(rows: Rows, tokenizer: Any, sources: list[str], max_len: int, template: str,
+def tokenize(rows: PoolLike, tokenizer: Any, sources: list[str], max_len: int, template: str,
              truncation: str = "keep_response") -> Any:
     """A :class:`solvers.data.TokenizedSet` of ``rows``, source ids in ``sources`` order (rows of another
-    source, such as target rows, count as the first)."""
+    source, such as target rows, count as the first); for a streamed pool a :class:`solvers.stream.StreamedSet`
+    that encodes rows as batches ask for them."""
     from solvers.data import tokenize_rows
+
+    if not isinstance(rows, Rows):
+        from curate.snapshot import PoolSnapshot
+        from solvers.stream import StreamedSet
+
+        assert isinstance(rows, PoolSnapshot)
+
+        return StreamedSet(rows.texts, rows.source_codes(sources), sources, tokenizer, max_len, template,
+                           truncation, fetch_ids=rows.ids)
 
     index = {s: i for i, s in enumerate(sources)}
     return tokenize_rows(tokenizer, rows.prompts, rows.responses, [index.get(s, 0) for s in rows.sources], sources,

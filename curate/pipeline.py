@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from curate import history, methods
 from curate.config import build, load_config, to_dict
-from curate.corpus import Rows, RunData, load_run_data
+from curate.corpus import PoolLike, Rows, RunData, load_run_data
 from curate.errors import ConfigError, Interrupted, require
 from curate.launch import Launch, plan_launch, resolve_device
 from curate.methods import FitInputs, FitResult, Method
@@ -175,11 +175,19 @@ def reweight(job: Job, *, on_step: StepCallback | None = None) -> ReweightOutcom
     get ``None`` after training).
     """
     start = time.perf_counter()
-    data = load_run_data(job.db, job.settings.target, need_target="target" in job.method.needs)
-    if job.settings.budget is not None:  # a budget the pool cannot serve is refused before any training
-        from curate.sampling import check_budget_fits
+    data = load_run_data(job.db, job.settings.target, need_target="target" in job.method.needs,
+                         need_text="model" in job.method.needs, stream_above=job.settings.stream_above)
+    try:
+        if job.settings.budget is not None:  # a budget the pool cannot serve is refused before any training
+            from curate.sampling import check_budget_fits
 
-        check_budget_fits(job.settings.budget, sum(data.counts.values()), job.settings.max_epochs)
+            check_budget_fits(job.settings.budget, data.rows, job.settings.max_epochs)
+        return _fit_and_write(job, data, on_step, start)
+    finally:
+        data.close()  # a streamed pool's snapshot
+
+
+def _fit_and_write(job: Job, data: RunData, on_step: StepCallback | None, start: float) -> ReweightOutcome | None:
     resolved = {**settings_to_values(job.settings), "method_config": to_dict(job.cfg)}
     inputs = load_inputs(job, data, on_step)  # a model that fails to load leaves no run folder behind
     created = begin_run(job, resolved, inputs)
@@ -237,13 +245,14 @@ def load_inputs(job: Job, data: RunData, on_step: StepCallback | None) -> FitInp
     if "model" not in job.method.needs:
         return inputs
     spec = str(job.run.base_model) if job.resume and job.run.base_model.is_dir() else s.model
+    assert data.pool is not None  # read for every method that needs a model
     inputs.model, inputs.tokenizer, inputs.train, inputs.target_set, inputs.token_report = load_and_tokenize(
         s, spec, data.pool, data.target, data.sources)
     inputs.device = resolve_device(s.device)
     return inputs
 
 
-def load_and_tokenize(settings: ReweightSettings, spec: str, pool: Rows, target: Rows,
+def load_and_tokenize(settings: ReweightSettings, spec: str, pool: PoolLike, target: Rows,
                       sources: list[str]) -> tuple[Any, Any, Any, Any, TokenReport]:
     """The tokenizer, ``max_len`` (resolved when ``auto``), the tokenized pool and target, then the model sized
     for that length. Refuses (exit 2) a source or target with no usable row before any model is built."""
@@ -273,7 +282,7 @@ def write_artefacts(job: Job, data: RunData, resolved: dict[str, Any], result: F
 
         save_pretrained(job.run.model, result.model, tokenizer)
     update_manifest(job.run.root, kind="reweight", method=job.settings.method, seed=job.settings.seed,
-                    data_fingerprint=data.fingerprint, rows={"pool": len(data.pool), "target": len(data.target)},
+                    data_fingerprint=data.fingerprint, rows={"pool": data.rows, "target": len(data.target)},
                     counts=data.counts, seconds=round(seconds, 3))
     return doc
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from curate import methods
 from curate.config import build, to_dict
+from curate.corpus import STREAM_ABOVE
 from curate.errors import ConfigError
 from curate.launch import check_device, current_rank, resolve_device
 from curate.sampling import DEFAULT_MAX_EPOCHS
@@ -42,6 +43,9 @@ class ReweightSettings:
     tiny: dict = field(default_factory=dict)
     method_args: dict = field(default_factory=dict)
     per_method: dict = field(default_factory=dict)
+    stream_above: int = STREAM_ABOVE
+    """Model-based methods read a pool of more rows than this from a memory-mapped snapshot and tokenize each batch
+    as it is drawn (memory bounded by the batch, not the pool; see ``curate.snapshot``); ``0`` streams always."""
     save_model: bool = False
     """ScaleBiO: also save the final w model (fits the target, near-optimal on the weighted pool) to RUN/model."""
     device: str = "auto"
@@ -67,6 +71,8 @@ class ReweightSettings:
             raise ValueError(f"truncation: {self.truncation!r} is not one of keep_response, right")
         if self.template not in ("auto", "alpaca", "plain"):
             raise ValueError(f"template: {self.template!r} is not one of auto, alpaca, plain")
+        if self.stream_above < 0:
+            raise ValueError(f"stream_above: must be >= 0 rows, got {self.stream_above}")
         check_device(self.device)
 
 

@@ -8,11 +8,10 @@ counted; a source or target left with no usable row stops the run with a one-lin
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.corpus import Rows
+from curate.corpus import PoolLike, Rows
 from curate.errors import DataError
 
 AUTO_SHARE = 0.99
@@ -37,13 +36,19 @@ class TokenReport:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     target: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    streamed: bool = False
+    """The pool was streamed: its per-source truncation counts are estimates from a sample of each source (rows
+    exact), and label-less rows are stepped over as they are met rather than dropped up front."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_len": self.max_len, "chosen": self.chosen, "truncation": self.truncation,
-                "sources": self.sources, "target": self.target, "warnings": list(self.warnings)}
+        out = {"max_len": self.max_len, "chosen": self.chosen, "truncation": self.truncation,
+               "sources": self.sources, "target": self.target, "warnings": list(self.warnings)}
+        if self.streamed:
+            out["streamed"] = True
+        return out
 
 
-def resolve_max_len(setting: int | str, tokenizer: Any, pool: Rows, target: Rows, template: str,
+def resolve_max_len(setting: int | str, tokenizer: Any, pool: PoolLike, target: Rows, template: str,
                     model_cap: int | None) -> tuple[int, str]:
     """The sequence length to use and a phrase saying how it was chosen.
 
@@ -63,22 +68,22 @@ def resolve_max_len(setting: int | str, tokenizer: Any, pool: Rows, target: Rows
     return max(length, AUTO_MULTIPLE), f"auto: p99 length {need}"
 
 
-def _length_quantile(tokenizer: Any, rows: Rows, template: str) -> int:
+def _length_quantile(tokenizer: Any, rows: PoolLike, template: str) -> int:
     from solvers.lm import encode_example
 
-    idx = list(range(len(rows)))
-    if len(idx) > AUTO_SAMPLE:
-        idx = sorted(random.Random(0).sample(idx, AUTO_SAMPLE))
-    lengths = sorted(encode_example(tokenizer, rows.prompts[i], rows.responses[i], 1 << 30, template).length
-                     for i in idx)
+    picked = rows.sample(AUTO_SAMPLE, 0)
+    lengths = sorted(encode_example(tokenizer, p, r, 1 << 30, template).length
+                     for p, r in zip(picked.prompts, picked.responses, strict=True))
     if not lengths:
         return AUTO_MULTIPLE
     return lengths[math.ceil(AUTO_SHARE * len(lengths)) - 1]  # the shortest length that fits 99% of rows whole
 
 
-def tokenize_run(pool: Rows, target: Rows, tokenizer: Any, sources: list[str], max_len: int, template: str,
+def tokenize_run(pool: PoolLike, target: Rows, tokenizer: Any, sources: list[str], max_len: int, template: str,
                  truncation: str, chosen: str = "set") -> tuple[Any, Any, TokenReport]:
-    """The pool and target as :class:`solvers.data.TokenizedSet` (label-less rows dropped) and the report.
+    """The pool and target as :class:`solvers.data.TokenizedSet` (label-less rows dropped) and the report; a
+    streamed pool (:class:`curate.snapshot.PoolSnapshot`) as a :class:`solvers.stream.StreamedSet`, its statistics
+    estimated from a sample of every source (the report says so).
 
     Raises:
         DataError: a source or the target has no row left with a label token; names it, the share and the fix.
@@ -89,7 +94,7 @@ def tokenize_run(pool: Rows, target: Rows, tokenizer: Any, sources: list[str], m
     tgt = tokenize(target, tokenizer, sources, max_len, template, truncation)
     report = TokenReport(max_len, chosen, truncation,
                          {s: train.stats[s].to_dict() for s in sources if train.stats[s].rows},
-                         tgt.stats["all"].to_dict())
+                         tgt.stats["all"].to_dict(), streamed=not isinstance(pool, Rows))
     check_report(report)
     return train, tgt, report
 
@@ -106,5 +111,6 @@ def check_report(report: TokenReport) -> None:
                             f"{report.max_len} (truncation={report.truncation}); {fix}")
         share = st["no_labels"] / st["rows"] if st["rows"] else 0.0
         if share > WARN_SHARE:
-            report.warnings.append(f"{label}: {share:.1%} of rows ({st['no_labels']}/{st['rows']}) lost every "
+            about = "about " if report.streamed and name != "the target" else ""
+            report.warnings.append(f"{label}: {about}{share:.1%} of rows ({st['no_labels']}/{st['rows']}) lost every "
                                    f"response token and were left out; {fix}")

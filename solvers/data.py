@@ -49,11 +49,16 @@ class TokenStats:
 
 def token_stats(encoded: Sequence[Encoded], max_len: int) -> TokenStats:
     """Summarise a group of encoded rows (rows, truncated, no label tokens, median/p95 untruncated length)."""
-    lengths = np.asarray([e.length for e in encoded], dtype=np.float64)
-    pct = np.percentile(lengths, [50, 95]) if len(lengths) else np.zeros(2)
-    return TokenStats(rows=len(encoded), truncated=sum(e.truncated for e in encoded),
-                      no_labels=sum(e.n_labels == 0 for e in encoded), median_len=float(pct[0]),
-                      p95_len=float(pct[1]), max_len=max_len)
+    return stats_of(np.asarray([e.length for e in encoded], dtype=np.int64),
+                    np.asarray([e.truncated for e in encoded], dtype=bool),
+                    np.asarray([e.n_labels == 0 for e in encoded], dtype=bool), max_len)
+
+
+def stats_of(lengths: np.ndarray, truncated: np.ndarray, no_labels: np.ndarray, max_len: int) -> TokenStats:
+    """:func:`token_stats` from per-row arrays (what a streamed pass keeps instead of the encodings)."""
+    pct = np.percentile(lengths.astype(np.float64), [50, 95]) if len(lengths) else np.zeros(2)
+    return TokenStats(rows=len(lengths), truncated=int(truncated.sum()), no_labels=int(no_labels.sum()),
+                      median_len=float(pct[0]), p95_len=float(pct[1]), max_len=max_len)
 
 
 @dataclass
@@ -129,13 +134,23 @@ class SourceSampler:
         out: list[int] = []
         if len(self.groups[g]) == 0:
             return out
+        mask = getattr(self.data, "label_mask", None)  # a streamed set: step over rows with no label token
+        passed = 0
         while len(out) < n:
             if self.pos[g] >= len(self.perms[g]):
                 self.perms[g] = self.rng.permutation(self.groups[g])
                 self.pos[g] = 0
             take = min(n - len(out), len(self.perms[g]) - self.pos[g])
-            out.extend(int(i) for i in self.perms[g][self.pos[g] : self.pos[g] + take])
+            chunk = self.perms[g][self.pos[g] : self.pos[g] + take]
             self.pos[g] += take
+            passed += take
+            if mask is not None:
+                chunk = chunk[mask(chunk)]
+                if not out and passed > 2 * len(self.groups[g]):  # two passes saw every row
+                    name = self.data.sources[int(self.data.source_ids[self.groups[g][0]])]
+                    raise ValueError(f"source {name!r}: no row keeps a label token at max_len "
+                                     f"{getattr(self.data, 'max_len', '?')}")
+            out.extend(int(i) for i in chunk)
         return out
 
     def next_indices(self) -> list[int]:

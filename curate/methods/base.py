@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from curate.corpus import Rows
+from curate.corpus import PoolLike, Rows
 from curate.runs import RunFolder
 from solvers.common import StepCallback
 
@@ -75,7 +75,8 @@ class FitInputs:
     cfg: Any
     counts: dict[str, int]
     """Rows per source the method weighs (usable rows after tokenization for model-based methods)."""
-    pool: Rows
+    pool: PoolLike | None
+    """The pool's rows (None for a method that reads none: counts are all it uses)."""
     target: Rows
     run: RunFolder
     seed: int = 0
@@ -85,7 +86,8 @@ class FitInputs:
     model: Any = None
     tokenizer: Any = None
     train: Any = None
-    """The tokenized pool (:class:`solvers.data.TokenizedSet`), label-less rows dropped."""
+    """The tokenized pool: a :class:`solvers.data.TokenizedSet` (label-less rows dropped), or for a streamed pool a
+    :class:`solvers.stream.StreamedSet` (label-less rows stepped over as met)."""
     target_set: Any = None
     """The tokenized target."""
     zero_stage: int | None = None

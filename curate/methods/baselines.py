@@ -16,12 +16,14 @@ def fit(inputs: FitInputs) -> FitResult:
     there in place rather than as a second copy."""
     from baselines import run
 
-    counts = inputs.counts
-    if inputs.train is not None:  # label-less rows were dropped: weigh what is left
-        counts = {s: int(n) for s, n in zip(inputs.train.sources, inputs.train.counts(), strict=True)}
+    counts, train = inputs.counts, inputs.train
+    if train is not None and hasattr(train, "usable") and _scores_every_row(inputs.method):
+        train = train.usable()  # a streamed pool: one pass drops its label-less rows, as the in-memory path does
+    if train is not None:  # label-less rows were dropped: weigh what is left
+        counts = {s: int(n) for s, n in zip(train.sources, train.counts(), strict=True)}
     model = inputs.model.to(inputs.device) if inputs.model is not None else None
     try:
-        res = run(inputs.method, inputs.cfg, counts=counts, model=model, train=inputs.train,
+        res = run(inputs.method, inputs.cfg, counts=counts, model=model, train=train,
                   target=inputs.target_set, on_step=inputs.on_step,
                   device=inputs.device if model is not None else None)
     except (ValueError, FloatingPointError) as e:  # a bad setting, or a reference model's loss going NaN
@@ -29,3 +31,10 @@ def fit(inputs: FitInputs) -> FitResult:
     trajectory = [TrajectoryRow.from_record(r) for r in res.trajectory or []]
     return FitResult(weights=dict(res.weights), scores=res.scores, selected=res.selected, trajectory=trajectory,
                      diagnostics=dict(res.info))
+
+
+def _scores_every_row(method: str) -> bool:
+    """LESS and RHO score every pool row (DoReMi only samples batches)."""
+    from curate import methods
+
+    return methods.get(method).level == "example"
