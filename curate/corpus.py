@@ -68,7 +68,10 @@ class RunData:
     """None when the method reads no text (uniform, temperature, ...: counts are all they use)."""
     target: Rows
     counts: dict[str, int]
+    """Rows per weighed unit: per source, or with ``group_by`` per group (``source/cNN``)."""
     fingerprint: str
+    group_source: dict[str, str] | None = None
+    """With ``group_by``: each group's source (a source that was not clustered is its own group)."""
 
     @property
     def sources(self) -> list[str]:
@@ -85,10 +88,11 @@ class RunData:
             close()
 
 
-def _rows(con: duckdb.DuckDBPyConnection, where: str, args: list) -> Rows:
+def _rows(con: duckdb.DuckDBPyConnection, where: str, args: list, source: str = "source",
+          table: str = "examples") -> Rows:
     got = con.execute(
-        f"SELECT example_id, source, prompt, response FROM examples WHERE {where} ORDER BY source, example_id", args
-    ).fetchall()
+        f"SELECT example_id, {source} AS source, prompt, response FROM {table} WHERE {where} "
+        "ORDER BY 2, example_id", args).fetchall()
     return Rows([r[0] for r in got], [r[1] for r in got], [r[2] or "" for r in got], [r[3] or "" for r in got])
 
 
@@ -111,29 +115,49 @@ def read_parquet_rows(files: Sequence[Path]) -> Rows:
 
 
 def load_run_data(db: Path, target: str, *, need_target: bool = True, need_text: bool = True,
-                  stream_above: int = STREAM_ABOVE) -> RunData:
+                  stream_above: int = STREAM_ABOVE, group_by: str | None = None) -> RunData:
     """Read a run's pool and target with a read-only connection, released after.
 
     The pool's text is read only when the method needs it (``need_text``); above ``stream_above`` rows it is
     streamed into a :class:`curate.snapshot.PoolSnapshot` beside the store instead of Python lists (call
     :meth:`RunData.close` when done). With ``need_target=False`` (a method that does not use the target) a target
-    split with no rows is allowed; a ``--target`` that names nothing is refused either way.
+    split with no rows is allowed; a ``--target`` that names nothing is refused either way. ``group_by`` names a
+    grouping made by ``curate cluster``: the pool's rows are then labelled by group (``source/cNN``) instead of by
+    source, so every method weighs groups.
     """
     from curate.db import data_fingerprint, open_db
 
     with open_db(db, read_only=True) as con:
         where, args, tgt = pool_query(con, target, allow_empty_target=not need_target)
-        counts = dict(con.execute(f"SELECT source, count(*) FROM examples WHERE {where} GROUP BY 1 ORDER BY 1",
-                                  args).fetchall())
-        fingerprint = data_fingerprint(con, sorted(counts))
+        label, table, fp_extra = ("source", "examples", "") if group_by is None else _grouped(con, group_by)
+        pairs = con.execute(f"SELECT {label}, source, count(*) FROM {table} WHERE {where} GROUP BY 1, 2 ORDER BY 1",
+                            args).fetchall()
+        counts = {unit: int(n) for unit, _, n in pairs}
+        fingerprint = data_fingerprint(con, sorted({s for _, s, _ in pairs})) + fp_extra
         pool: PoolLike | None = None
         if need_text and sum(counts.values()) > stream_above:
             from curate.snapshot import PoolSnapshot
 
-            pool = PoolSnapshot.write(con, where, args, Path(db).resolve().parent, counts)
+            pool = PoolSnapshot.write(con, where, args, Path(db).resolve().parent, counts, label, table)
         elif need_text:
-            pool = _rows(con, where, args)
-    return RunData(pool, tgt, {s: int(counts[s]) for s in sorted(counts)}, fingerprint)
+            pool = _rows(con, where, args, label, table)
+    groups = {unit: s for unit, s, _ in pairs} if group_by is not None else None
+    return RunData(pool, tgt, counts, fingerprint, groups)
+
+
+def _grouped(con: duckdb.DuckDBPyConnection, name: str) -> tuple[str, str, str]:
+    """``--group-by NAME``: the label column, the relation and a fingerprint suffix; refuses a grouping that does
+    not exist or whose sources changed since it was made."""
+    from curate.cluster.store import group_of_sql, grouping_settings, is_current
+
+    settings = grouping_settings(con, name)
+    if settings is None:
+        raise ConfigError(f"--group-by: no grouping {name!r} in this store; make it with `curate cluster --k K "
+                          f"--name {name}`")
+    if not is_current(con, name):
+        raise ConfigError(f"--group-by: the sources of grouping {name!r} changed since it was made; re-run "
+                          f"`curate cluster --k {settings.get('k', 'K')} --name {name}`")
+    return "grp", f"({group_of_sql(name)})", f":group_by={name}:{settings.get('fingerprint', '')}"
 
 
 def pool_query(con: duckdb.DuckDBPyConnection, target: str,

@@ -41,13 +41,13 @@ from curate.runs import (
 )
 from curate.settings import ReweightSettings, method_config, settings_from, settings_to_values
 from curate.tokens import TokenReport, resolve_max_len, tokenize_run
-from curate.weights import build_weights_doc, normalise, write_weights
+from curate.weights import build_weights_doc, by_source, normalise, write_weights
 from solvers.common import StepCallback
 
 if TYPE_CHECKING:
     from curate.resample import ResampleResult
 
-FLAGS = ("method", "target", "model", "steps", "budget", "max_epochs", "lower_level")
+FLAGS = ("method", "target", "model", "steps", "budget", "max_epochs", "lower_level", "group_by")
 """Command-line flags that override the config's key of the same name."""
 
 
@@ -176,7 +176,8 @@ def reweight(job: Job, *, on_step: StepCallback | None = None) -> ReweightOutcom
     """
     start = time.perf_counter()
     data = load_run_data(job.db, job.settings.target, need_target="target" in job.method.needs,
-                         need_text="model" in job.method.needs, stream_above=job.settings.stream_above)
+                         need_text="model" in job.method.needs, stream_above=job.settings.stream_above,
+                         group_by=job.settings.group_by)
     try:
         if job.settings.budget is not None:  # a budget the pool cannot serve is refused before any training
             from curate.sampling import check_budget_fits
@@ -272,9 +273,16 @@ def write_artefacts(job: Job, data: RunData, resolved: dict[str, Any], result: F
     """``weights.json``, the trajectory, scores and diagnostics, the final model when asked, and the manifest;
     returns the weights document."""
     config_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    doc = build_weights_doc(job.settings.method, normalise(result.weights), counts=data.counts,
-                            target=job.settings.target, config_hash=config_hash, data_fingerprint=data.fingerprint,
-                            averaged=result.averaged, extra={"diagnostics": result.diagnostics})
+    weights, counts, averaged = normalise(result.weights), data.counts, result.averaged
+    extra: dict[str, Any] = {"diagnostics": result.diagnostics}
+    if data.group_source is not None:  # --group-by: the groups' weights, and per source their sums
+        extra.update(group_by=job.settings.group_by, groups=weights, group_counts=dict(counts),
+                     group_sources=dict(data.group_source))
+        weights, counts = by_source(weights, data.group_source), by_source(counts, data.group_source)
+        averaged = by_source(averaged, data.group_source) if averaged else averaged
+    doc = build_weights_doc(job.settings.method, weights, counts=counts, target=job.settings.target,
+                            config_hash=config_hash, data_fingerprint=data.fingerprint, averaged=averaged,
+                            extra=extra)
     write_weights(job.run.weights, doc)
     write_result_files(job.run, result)
     if job.settings.save_model and hasattr(result.model, "save_pretrained") and not job.launch.distributed:

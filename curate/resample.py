@@ -101,8 +101,10 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
     max_epochs = parse_max_epochs(max_epochs)
     wpath, doc = read_weights(run_or_weights)
     raw = wpath.read_bytes()  # the exact bytes drawn from: hashed into the manifest, copied to --out
-    available = sources_in(con, split)
-    weights = validate_weights(doc["sources"], set(available), where=str(wpath))
+    units = Units.of(con, doc, split, wpath)
+    available = units.available
+    weights = validate_weights(doc["groups"] if units.grouping else doc["sources"], set(available),
+                               where=str(wpath))
     src_dir = run_or_weights if run_or_weights.is_dir() else None
     run_dir = _target_dir(src_dir, wpath, out_dir)
     pool = {s: available.get(s, 0) for s in weights}
@@ -116,10 +118,12 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
     fields: dict[str, Any] = dict(
         kind="resample", budget=budget, seed=seed, max_epochs=max_epochs, split=split,
         input_fingerprint={"weights_sha256": hashlib.sha256(raw).hexdigest(),
-                           "data": data_fingerprint(con, sorted(weights))},
+                           "data": data_fingerprint(con, units.sources(weights))},
         weights_method=doc.get("method"), allocation=alloc, available=pool, repeats=repeats,
         capped=plan.capped_dict(), rows=budget, scored=scores is not None,
     )
+    if units.grouping:
+        fields["group_by"] = units.grouping
     store = _store_path(con)
     if store is not None:
         fields[DB_KEY] = store
@@ -128,7 +132,7 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
     manifest = manifest_with(run_dir, fresh=copied, **fields)  # an unreadable manifest is refused before writing
     run = RunFolder(run_dir)
     new = not run_dir.exists()
-    query, params = draw_query(alloc, pool, seed, split, scores)
+    query, params = draw_query(alloc, pool, seed, split, scores, units)
     with _write_boundary(run_dir, remove=new):
         run_dir.mkdir(parents=True, exist_ok=True)
         files = _write(con, run_dir, query, params, budget, manifest)
@@ -136,6 +140,44 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
             write_bytes(run.weights, raw)
             _copy_scores(scores_path, run.scores)
     return ResampleResult(run_dir, files, alloc, pool, repeats, max_epochs, plan.capped, plan.warnings())
+
+
+@dataclass(frozen=True)
+class Units:
+    """What the draw allocates over: sources, or for a ``--group-by`` run the groups of its grouping (the rows of
+    each ``source/cNN``; the data parts then carry a ``group`` column)."""
+
+    available: dict[str, int]
+    grouping: str | None = None
+    group_sources: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, con: duckdb.DuckDBPyConnection, doc: Mapping[str, Any], split: str, wpath: Path) -> Units:
+        name = doc.get("group_by")
+        if not name:
+            return cls(sources_in(con, split))
+        from curate.cluster.store import group_of_sql, is_current
+
+        if not is_current(con, str(name)):
+            raise DataError(f"{wpath}: learned on grouping {name!r}, which is gone or whose sources changed since; "
+                            f"re-run `curate cluster --name {name}` and `curate reweight --group-by {name}`")
+        got = con.execute(f"SELECT grp, count(*) FROM ({group_of_sql(str(name))}) WHERE split = ? GROUP BY 1",
+                          [split]).fetchall()
+        return cls({g: int(n) for g, n in got}, str(name), dict(doc.get("group_sources") or {}))
+
+    @property
+    def table(self) -> str:
+        from curate.cluster.store import group_of_sql
+
+        return "examples" if self.grouping is None else f"({group_of_sql(self.grouping)})"
+
+    @property
+    def column(self) -> str:
+        return "source" if self.grouping is None else "grp"
+
+    def sources(self, weights: Mapping[str, float]) -> list[str]:
+        """The stored sources behind ``weights``' units (for the data fingerprint)."""
+        return sorted({self.group_sources.get(u, u) for u in weights}) if self.grouping else sorted(weights)
 
 
 def _target_dir(src_dir: Path | None, wpath: Path, out_dir: Path | None) -> Path:
@@ -238,7 +280,7 @@ _SEEDED = ("", "md5_number($pick || c.content_hash), c.content_hash")
 
 
 def draw_query(allocation: Mapping[str, int], available: Mapping[str, int], seed: int, split: str,
-               scores: Path | None = None) -> tuple[str, dict[str, Any]]:
+               scores: Path | None = None, units: Units | None = None) -> tuple[str, dict[str, Any]]:
     """The SQL (and its named parameters) that selects the drawn rows, in output order.
 
     Per source with ``k`` rows allotted out of ``n``: every row once for each of the ``k // n`` whole passes
@@ -248,8 +290,12 @@ def draw_query(allocation: Mapping[str, int], available: Mapping[str, int], seed
     the narrow key columns and only its rows are read whole (a top-k over the full rows would build every row's
     text and messages). The union is ordered by ``md5`` of ``order:<seed>:``, the id and the pass, so sources and
     passes are interleaved and a training loop reading the files in order sees a shuffled stream. Each source's
-    rows depend only on the seed and its own rows, not on which other sources are drawn.
+    rows depend only on the seed and its own rows, not on which other sources are drawn. With ``units`` of a
+    grouping, all of this holds per group, and a ``group`` column follows ``source``.
     """
+    units = units or Units({})
+    table, unit = units.table, units.column
+    row = _ROW + (", e.grp" if units.grouping else "")
     join, order = _BEST_FIRST if scores is not None else _SEEDED
     params: dict[str, Any] = {"split": split, "order": f"order:{seed}:"}
     if scores is not None:
@@ -258,19 +304,21 @@ def draw_query(allocation: Mapping[str, int], available: Mapping[str, int], seed
     for i, source in enumerate(sorted(s for s, k in allocation.items() if k > 0)):
         passes, rem = divmod(int(allocation[source]), int(available[source]))
         params[f"s{i}"] = source
-        where = f"e.split = $split AND e.source = $s{i}"
+        where = f"e.split = $split AND e.{unit} = $s{i}"
         if passes:
-            branches.append(f"SELECT {_ROW}, p.draw FROM examples e CROSS JOIN range({passes}) p(draw) WHERE {where}")
+            branches.append(f"SELECT {row}, p.draw FROM {table} e CROSS JOIN range({passes}) p(draw) WHERE {where}")
         if rem:
             if scores is None:
                 params["pick"] = f"pick:{seed}:"  # DuckDB refuses a parameter the query does not use
-            first = (f"SELECT c.content_hash FROM examples c {join} WHERE c.split = $split AND c.source = $s{i} "
+            first = (f"SELECT c.content_hash FROM {table} c {join} WHERE c.split = $split AND c.{unit} = $s{i} "
                      f"ORDER BY {order} LIMIT {rem}")
-            branches.append(f"SELECT {_ROW}, {passes} AS draw FROM examples e WHERE {where} "
+            branches.append(f"SELECT {row}, {passes} AS draw FROM {table} e WHERE {where} "
                             f"AND e.content_hash IN ({first})")
     cte = f"WITH {_SCORED} " if scores is not None else ""
     union = " UNION ALL ".join(branches)
     cols = ", ".join("d.draw::INTEGER AS draw" if c == "draw" else f"d.{c}" for c in COLUMNS)
+    if units.grouping:
+        cols = cols.replace("d.source, ", 'd.source, d.grp AS "group", ', 1)
     sql = (f"{cte}SELECT {cols} FROM ({union}) d "
            "ORDER BY md5_number($order || d.example_id || ':' || d.draw), d.example_id, d.draw")
     return sql, params

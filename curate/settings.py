@@ -43,6 +43,9 @@ class ReweightSettings:
     tiny: dict = field(default_factory=dict)
     method_args: dict = field(default_factory=dict)
     per_method: dict = field(default_factory=dict)
+    group_by: str | None = None
+    """``--group-by NAME``: weigh the groups of a ``curate cluster`` grouping (``source/cNN``) instead of sources;
+    ``weights.json`` then has ``groups`` and keeps ``sources`` as their sums."""
     stream_above: int = STREAM_ABOVE
     """Model-based methods read a pool of more rows than this from a memory-mapped snapshot and tokenize each batch
     as it is drawn (memory bounded by the batch, not the pool; see ``curate.snapshot``); ``0`` streams always."""

@@ -50,15 +50,16 @@ class PoolSnapshot:
 
     @classmethod
     def write(cls, con: duckdb.DuckDBPyConnection, where: str, args: list[Any], directory: Path,
-              counts: dict[str, int]) -> PoolSnapshot:
-        """Stream ``examples WHERE where`` (ordered by source and id) into a new snapshot under ``directory``."""
+              counts: dict[str, int], source: str = "source", table: str = "examples") -> PoolSnapshot:
+        """Stream ``table WHERE where`` (ordered by ``source``, the weighed unit, and id) into a new snapshot under
+        ``directory``."""
         folder = Path(tempfile.mkdtemp(prefix=".curate-pool-", dir=directory))
         path = folder / "pool.arrow"
         try:  # the sort spills beyond SORT_MEMORY, so this step's memory does not grow with the pool
             con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
-            reader = con.cursor().sql(
-                f"SELECT example_id, source, coalesce(prompt, '') AS prompt, coalesce(response, '') AS response "
-                f"FROM examples WHERE {where} ORDER BY source, example_id", params=args).to_arrow_reader(BATCH_ROWS)
+            query = (f"SELECT example_id, {source} AS source, coalesce(prompt, '') AS prompt, "
+                     f"coalesce(response, '') AS response FROM {table} WHERE {where} ORDER BY 2, example_id")
+            reader = con.cursor().sql(query, params=args).to_arrow_reader(BATCH_ROWS)
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
                 for batch in reader:
                     for start in range(0, batch.num_rows, BATCH_ROWS):

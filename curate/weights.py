@@ -62,6 +62,15 @@ def normalise(weights: Mapping[str, float]) -> dict[str, float]:
         raise DataError(f"weights: {e}") from None
 
 
+def by_source(values: Mapping[str, Any], group_source: Mapping[str, str]) -> dict[str, Any]:
+    """Per-group values summed per source (``--group-by``: a source's weight is its groups' total)."""
+    out: dict[str, Any] = {}
+    for group, v in values.items():
+        source = group_source[group]
+        out[source] = out.get(source, 0) + v
+    return dict(sorted(out.items()))
+
+
 def build_weights_doc(method: str, weights: Mapping[str, float], *, counts: Mapping[str, int],
                       target: str | None, config_hash: str, data_fingerprint: str,
                       averaged: Mapping[str, float] | None = None, extra: dict[str, Any] | None = None) -> dict:

@@ -28,9 +28,9 @@ def _setup() -> None:
 
 
 def _register() -> None:
-    from curate.cli import compare, demo, drop, export, ingest, rejects, resample, reweight, runs, sources
+    from curate.cli import cluster, compare, demo, drop, export, ingest, rejects, resample, reweight, runs, sources
 
-    for mod in (ingest, sources, rejects, drop, reweight, resample, export, compare, demo, runs):
+    for mod in (ingest, sources, rejects, drop, cluster, reweight, resample, export, compare, demo, runs):
         mod.register(app)
 
 

@@ -48,6 +48,9 @@ def reweight(
     lower_level: Annotated[str | None, typer.Option(
         "--lower-level", help="ScaleBiO's u and w: 'full' (two model copies) or 'lora' (two LoRA adapters "
                               "over one shared base).")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        "--group-by", help="Weigh the groups of a `curate cluster` grouping (source/cNN) instead of whole "
+                           "sources; weights.json keeps per-source sums.")] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Print the method's estimated peak memory (ScaleBiO: "
                                                       "full, LISA and LoRA), check it fits, and stop.")] = False,
     max_memory: Annotated[float | None, typer.Option(
@@ -73,7 +76,7 @@ def reweight(
 ) -> None:
     """Learn how much of each source to use for the target, with ScaleBiO or a baseline."""
     flags = {"method": method, "target": target, "model": model, "steps": steps, "budget": budget,
-             "max_epochs": _max_epochs_flag(max_epochs), "lower_level": lower_level}
+             "max_epochs": _max_epochs_flag(max_epochs), "lower_level": lower_level, "group_by": group_by}
     job = prepare(ReweightRequest(db, tuple(args or ()), config, flags, seed, resume, out_dir, launcher, zero, nproc,
                                   deepspeed_config, overwrite))
     if plan or max_memory is not None:
@@ -116,6 +119,8 @@ def print_outcome(outcome: ReweightOutcome, quiet: bool) -> None:
     diagnostics = outcome.diagnostics if isinstance(outcome.diagnostics, dict) else {}
     if not quiet:
         out.print(summary_table(outcome))
+        if outcome.doc.get("groups"):
+            out.print(groups_table(outcome.doc))
         if diagnostics.get("tokenization"):
             out.print(token_table(diagnostics["tokenization"]))
         if outcome.resampled is not None:
@@ -144,6 +149,23 @@ def summary_table(o: ReweightOutcome) -> Table:
     if "effective_sources" in d:
         t.caption = (f"entropy {d['entropy']:.3f} nats, effective sources {d['effective_sources']:.2f}, "
                      f"|final - averaged|_1 = {d['l1_final_vs_averaged']:.3f}")
+    return t
+
+
+GROUP_ROWS = 20
+"""Groups shown in the summary (the heaviest first); weights.json has them all."""
+
+
+def groups_table(doc: dict) -> Table:
+    """``--group-by``: the heaviest groups with their weight, rows and share of their source's weight."""
+    groups, counts, owner = doc["groups"], doc.get("group_counts", {}), doc.get("group_sources", {})
+    t = Table(title=f"groups of {doc.get('group_by')!r} ({len(groups)}; the {min(GROUP_ROWS, len(groups))} "
+                    "heaviest)")
+    for col, just in (("group", "left"), ("weight", "right"), ("rows", "right"), ("of its source", "right")):
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for g, w in sorted(groups.items(), key=lambda kv: -kv[1])[:GROUP_ROWS]:
+        total = doc["sources"].get(owner.get(g, g), 0.0)
+        t.add_row(g, f"{w:.4f}", f"{counts.get(g, 0):,}", f"{w / total:.0%}" if total else "-")
     return t
 
 
