@@ -153,9 +153,26 @@ class SourceSampler:
             out.extend(int(i) for i in chunk)
         return out
 
+    @property
+    def samples_groups(self) -> bool:
+        """Stratified over more sources (groups) than rows per batch: each batch takes one row from each of
+        ``batch_size`` groups drawn at random without replacement, so a group is in a batch with probability
+        ``batch_size / K`` (see :attr:`group_scale`)."""
+        return self.mode == "stratified" and len(self.groups) > self.batch_size
+
+    @property
+    def group_scale(self) -> float:
+        """``K / batch_size`` when groups are sampled (else 1): the inverse inclusion probability by which the
+        batch's per-source sums are multiplied so that Σ_s p_s ℓ̄_s stays unbiased (Horvitz-Thompson)."""
+        return len(self.groups) / self.batch_size if self.samples_groups else 1.0
+
     def next_indices(self) -> list[int]:
         """Row indices of the next batch."""
         g = len(self.groups)
+        if self.samples_groups:
+            picked = sorted(int(j) for j in self.rng.choice(g, self.batch_size, replace=False))
+            self.step += 1
+            return [i for j in picked for i in self._take(j, 1)]
         base, extra = divmod(self.batch_size, g)
         idx: list[int] = []
         for j in range(g):
@@ -165,8 +182,11 @@ class SourceSampler:
         return idx
 
     def next(self) -> dict[str, torch.Tensor]:
-        """The next collated batch (with ``source_ids``)."""
-        return self.data.batch(self.next_indices())
+        """The next collated batch (with ``source_ids``; with sampled groups also ``group_scale``)."""
+        out = self.data.batch(self.next_indices())
+        if self.samples_groups:
+            out["group_scale"] = torch.tensor(self.group_scale, dtype=torch.float64)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the exact same stream of batches."""

@@ -131,12 +131,12 @@ def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, a
     p = weights(state.logits)
     source_ids, has_labels = train_batch["source_ids"], label_rows(train_batch)
     with bf16_autocast(autocast_bf16), _mode(state.u, train=True):
-        lbar_u = _finite(source_means(per_example_loss_fn(state.u, train_batch), source_ids, n_sources,
-                                      has_labels), step)
+        lbar_u = _group_scaled(_finite(source_means(per_example_loss_fn(state.u, train_batch), source_ids,
+                                                    n_sources, has_labels), step), train_batch)
     (p.detach().to(lbar_u.dtype) @ lbar_u).backward()
     with bf16_autocast(autocast_bf16), _mode(state.w, train=True):
-        lbar_w = _finite(source_means(per_example_loss_fn(state.w, train_batch), source_ids, n_sources,
-                                      has_labels), step)
+        lbar_w = _group_scaled(_finite(source_means(per_example_loss_fn(state.w, train_batch), source_ids,
+                                                    n_sources, has_labels), step), train_batch)
     (alpha * (p.detach().to(lbar_w.dtype) @ lbar_w)).backward()
     with bf16_autocast(autocast_bf16), _mode(state.w, train=not eval_mode):
         target = _finite(target_loss_fn(state.w, val_batch), step)
@@ -144,6 +144,13 @@ def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, a
     lbar_u, lbar_w = lbar_u.detach(), lbar_w.detach()
     (alpha * (p @ (lbar_w - lbar_u).to(p.dtype))).backward()
     return StepLosses(p.detach(), lbar_u, lbar_w, target.detach())
+
+
+def _group_scaled(lbar: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """ℓ̄ times the batch's ``group_scale`` (K / groups per batch, when the sampler draws groups): the absent
+    groups' 0s stay 0, and Σ_s p_s ℓ̄_s is then an unbiased estimate of the full sum (Horvitz-Thompson)."""
+    scale = batch.get("group_scale")
+    return lbar if scale is None else lbar * float(scale)
 
 
 def scalebio_step(state: SolverState, train_batch: Batch, val_batch: Batch, *,
