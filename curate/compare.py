@@ -64,11 +64,19 @@ class CompareSettings:
     """The metric the verdict is about: target_loss (smooth, ranks methods with few seeds), accuracy, judge, or
     an lm-eval ``task/metric``."""
     evaluations: Evaluations = field(default_factory=Evaluations)
+    proxy_model: str | None = None
+    """``--proxy-model DIR|tiny``: every method learns its weights or scores with this model, and every arm is
+    still fine-tuned and evaluated from ``--model`` (``reweight.model``)."""
+    also_full: bool = False
+    """With ``proxy_model``: also run each model-based method learned on ``--model`` itself, as arm ``<m>@full``,
+    so the transfer gap is measured."""
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in methods.METHODS]
         if bad:
             raise ValueError(f"--methods: {bad[0]!r} is not one of {', '.join(methods.names())}")
+        if self.also_full and self.proxy_model is None:
+            raise ValueError("--also-full: needs --proxy-model (it adds the methods learned on --model itself)")
         if self.seeds < 1 or self.budget < 1:
             raise ValueError("--seeds and --budget must be >= 1")
         self.check_methods()
@@ -125,17 +133,18 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, on_event: Eve
     test = _eval_rows(db, settings.eval_split)
     if settings.oracle:
         _check_oracle(db, settings.oracle)
-    arms = list(settings.methods) + (["oracle"] if settings.oracle else [])
+    arms = list(settings.methods) + [f"{m}{FULL}" for m in settings.methods if settings.also_full
+                                     and "model" in methods.get(m).needs] + (["oracle"] if settings.oracle else [])
     seeds = range(settings.seed, settings.seed + settings.seeds)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in arms}
     failed: dict[str, list[str]] = {}
     failed_evals: dict[str, list[str]] = {}
     emit({"event": "start", "total": len(arms) * len(seeds), "arms": arms, "seeds": list(seeds)})
     for seed in seeds:
-        base, max_len = _base_model(db, settings, folder.base(seed), seed)
-        resolved = replace(settings, reweight=replace(settings.reweight, max_len=max_len))
+        bases = _bases(db, settings, folder, seed)
+        resolved = replace(settings, reweight=replace(settings.reweight, max_len=bases.max_len))
         for arm in arms:
-            done = _cell(db, resolved, arm, seed, base, test, folder, config_hash, emit)
+            done = _cell(db, resolved, arm, seed, bases, test, folder, config_hash, emit)
             if done.get("failed"):
                 failed.setdefault(arm, []).append(f"seed {seed}: {done['failed']}")
                 log.warning("%s seed %d failed: %s", arm, seed, done["failed"])
@@ -152,7 +161,9 @@ def compare(db: Path, settings: CompareSettings, out_dir: Path, *, on_event: Eve
     return report
 
 
-REPORT_ONLY = ("methods", "seeds", "seed", "main_metric")
+FULL = "@full"
+"""Suffix of an arm whose method learned on ``--model`` while the others used ``--proxy-model``."""
+REPORT_ONLY = ("methods", "seeds", "seed", "main_metric", "also_full")
 """Settings that change which cells run or how they are reported, never a cell's own numbers."""
 
 
@@ -163,7 +174,34 @@ def cell_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, folder: CompareFolder,
+@dataclass(frozen=True)
+class Bases:
+    """One seed's starting points: the base every arm fine-tunes (and its ``max_len``), and with
+    ``--proxy-model`` the proxy the methods learn with (and the proxy's own ``max_len``: its tokenizer may
+    differ)."""
+
+    base: Path
+    max_len: int
+    proxy: Path | None = None
+    proxy_len: int | None = None
+
+    def learner(self, arm: str) -> tuple[Path, int]:
+        """The model an arm's method learns with, and its ``max_len``."""
+        if self.proxy is None or arm.endswith(FULL):
+            return self.base, self.max_len
+        return self.proxy, int(self.proxy_len or self.max_len)
+
+
+def _bases(db: Path, settings: CompareSettings, folder: CompareFolder, seed: int) -> Bases:
+    base, max_len = _base_model(db, settings, folder.base(seed), seed)
+    if settings.proxy_model is None:
+        return Bases(base, max_len)
+    proxy_settings = replace(settings, reweight=replace(settings.reweight, model=settings.proxy_model))
+    proxy, proxy_len = _base_model(db, proxy_settings, folder.proxy_base(seed), seed)
+    return Bases(base, max_len, proxy, proxy_len)
+
+
+def _cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Bases, test: Rows, folder: CompareFolder,
           config_hash: str, emit: Event) -> dict[str, Any]:
     """One (arm, seed) cell: the cached one when it finished under the same settings, else run and cache it."""
     path = folder.cell(arm, seed)
@@ -193,17 +231,31 @@ def _report(settings: CompareSettings, results: dict[str, list[dict[str, Any]]],
         meta["notes"] = [f"main_metric={main}: no arm has it (see failed_evals); the verdict is on target_loss"]
         log.warning(meta["notes"][0])
         main = "target_loss"
-    headline_method = "scalebio" if "scalebio" in arms else arms[-1]
+    learned = [a for a in arms if not a.endswith(FULL) and a != "oracle"] or arms  # with a proxy: the proxy's
+    headline_method = "scalebio" if "scalebio" in arms else learned[-1]
     others = [a for a in arms if a not in (headline_method, "oracle")]
     return {"methods": results, "baseline": "uniform" if "uniform" in arms else (others or arms)[0],
             "headline_method": headline_method, "oracle": "oracle" if "oracle" in arms else None,
             "main_metric": main, "directions": directions,
             "target": f"{settings.reweight.target} -> {settings.eval_split} split ({len(test)} rows)",
             "meta": {"budget": settings.budget, "recipe": _jsonable(settings.recipe), "oracle": settings.oracle,
-                     "seeds": settings.seeds, **meta}}
+                     "seeds": settings.seeds, **_models(settings, meta)}}
 
 
-def _checked_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows,
+def _models(settings: CompareSettings, meta: dict[str, Any]) -> dict[str, Any]:
+    """The report's models, and with a proxy the note that says what crosses from it to ``--model``."""
+    out = {**meta, "model": settings.reweight.model}
+    if settings.proxy_model is not None:
+        out["proxy_model"] = settings.proxy_model
+        full = f"; arms ending in {FULL} learned on {settings.reweight.model} itself" if settings.also_full else ""
+        out["notes"] = [*meta.get("notes", []),
+                        f"methods learned with the proxy {settings.proxy_model}; every arm was fine-tuned and "
+                        f"evaluated from {settings.reweight.model}{full}. The two tokenizers may differ: weights "
+                        "are per source or group and scores per example id, so nothing token-level crosses over"]
+    return out
+
+
+def _checked_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Bases, test: Rows,
                   folder: CompareFolder, emit: Event) -> dict[str, Any]:
     """One cell, or ``{"seed", "failed": reason}`` when its method or fine-tune stops on the data (a NaN loss, a
     source left without rows) or a metric comes out non-finite: the other arms still run and report."""
@@ -259,22 +311,25 @@ def _base_model(db: Path, settings: CompareSettings, dest: RunFolder, seed: int)
     return save_base(dest.root, model, tok), max_len
 
 
-def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, base: Path, test: Rows, run: RunFolder,
+def _run_cell(db: Path, settings: CompareSettings, arm: str, seed: int, bases: Bases, test: Rows, run: RunFolder,
               run_id: str, emit: Event) -> dict[str, Any]:
     start = time.perf_counter()
     step: Event = lambda row: emit({"event": "step", **row})  # noqa: E731
+    method = arm.removesuffix(FULL)
     if arm == "oracle":
         run.root.mkdir(parents=True, exist_ok=True)
         weights, trajectory = _oracle(db, settings.oracle or "", run, settings.budget, seed), None
     else:
-        rw = replace(settings.reweight, method=arm, seed=seed, model=str(base), budget=settings.budget)
+        learner, max_len = bases.learner(arm)
+        rw = replace(settings.reweight, method=method, seed=seed, model=str(learner), max_len=max_len,
+                     budget=settings.budget)
         job = job_for(db, rw, run.root, run_id, overwrite=True)  # overwrite: a stale cell's run
         emit({"event": "phase", "phase": "method", "total": job.total_steps})
         outcome = reweight(job, on_step=step)
         weights = outcome.weights if outcome is not None else {}  # one process: always the writer
-        trajectory = _trajectory(run) if arm == "scalebio" else None
+        trajectory = _trajectory(run) if method == "scalebio" else None
     method_s = time.perf_counter() - start
-    scores, tokens = _train_and_eval(settings, base, run, test, seed, emit)
+    scores, tokens = _train_and_eval(settings, bases.base, run, test, seed, emit)
     cell = {"seed": seed, "weights": weights, "metrics": scores.metrics, "per_example": scores.per_example,
             "directions": scores.directions,
             "cost": {"wall_s": round(time.perf_counter() - start, 2), "method_s": round(method_s, 2),

@@ -72,6 +72,10 @@ class CompareFolder:
         """Where seed ``seed``'s shared base model lives (``base/seedN/base_model``)."""
         return RunFolder(self.root / "base" / f"seed{seed}")
 
+    def proxy_base(self, seed: int) -> RunFolder:
+        """Where seed ``seed``'s proxy model lives (``--proxy-model``: the methods learn with it)."""
+        return RunFolder(self.root / "proxy" / f"seed{seed}")
+
     def run(self, arm: str, seed: int) -> RunFolder:
         return RunFolder(self.root / "runs" / f"{arm}-seed{seed}")
 

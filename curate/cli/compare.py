@@ -39,6 +39,12 @@ def compare(
     eval_split: Annotated[str, typer.Option(help="Split the fine-tuned models are evaluated on.")] = "test",
     model: Annotated[str, typer.Option(help="'tiny' or a local Hugging Face model folder.")] = "tiny",
     oracle: Annotated[str | None, typer.Option(help="Also train on this source alone (a ceiling).")] = None,
+    proxy_model: Annotated[str | None, typer.Option(
+        "--proxy-model", help="Learn every method's weights or scores with this smaller model ('tiny' or a "
+                              "folder); every arm is still fine-tuned and evaluated from --model.")] = None,
+    also_full: Annotated[bool, typer.Option(
+        "--also-full", help="With --proxy-model: also learn each model-based method on --model itself "
+                            "(arms <method>@full), to measure the transfer gap.")] = False,
     eval_: Annotated[list[str] | None, typer.Option(
         "--eval", help="Extra evaluation, e.g. lm-eval:TASK\\[,TASK] (pip install 'curate\\[lmeval]').")] = None,
     eval_include: Annotated[Path | None, typer.Option(help="Folder of local lm-eval task YAMLs.")] = None,
@@ -54,7 +60,8 @@ def compare(
     """Which data trains the best model for my target? Every method, same budget, same recipe, same eval."""
     values = load_config(config, overrides or [])
     values["evaluations"] = evaluations_for(values, eval_ or [], eval_include, judge)
-    settings = settings_for(values, methods, budget, seeds, target, eval_split, model, oracle, seed)
+    settings = settings_for(values, methods, budget, seeds, target, eval_split, model, oracle, seed,
+                            proxy_model=proxy_model, also_full=also_full)
     dest = safe_out_dir(out_dir, "compare")
     with compare_progress(quiet, json_logs) as on_event:
         report = run_compare(db, settings, dest, on_event=on_event)
@@ -97,7 +104,8 @@ def print_summary(report: dict, title: str, report_path: Path) -> None:
 
 
 def settings_for(values: dict, methods: str, budget: int, seeds: int, target: str, eval_split: str, model: str,
-                 oracle: str | None, seed: int = 0) -> CompareSettings:
+                 oracle: str | None, seed: int = 0, *, proxy_model: str | None = None,
+                 also_full: bool = False) -> CompareSettings:
     """Merge CLI flags and a config into CompareSettings (``recipe.*`` and reweight keys may come from either)."""
     recipe = build(Recipe, values.pop("recipe", {}) or {}, where="recipe")
     evaluations = values.pop("evaluations", None) or Evaluations()
@@ -108,4 +116,5 @@ def settings_for(values: dict, methods: str, budget: int, seeds: int, target: st
     return build(CompareSettings, {"methods": tuple(m.strip() for m in methods.split(",") if m.strip()),
                                    "budget": budget, "seeds": seeds, "seed": seed, "oracle": oracle,
                                    "eval_split": eval_split, "reweight": rw, "recipe": recipe,
-                                   "evaluations": evaluations, **extra}, where="compare")
+                                   "evaluations": evaluations, "proxy_model": proxy_model,
+                                   "also_full": also_full, **extra}, where="compare")
