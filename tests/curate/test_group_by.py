@@ -72,11 +72,15 @@ def test_group_weights_draw_the_clean_half_of_a_mixed_source(planted, tmp_path, 
     assert "group" in part.column_names
 
 
-@pytest.mark.parametrize("method", ["uniform", "temperature"])
+DOREMI = ["template=plain", "tiny.hidden=32", "doremi.reference_steps=10", "doremi.proxy_steps=10",
+          "doremi.batch_size=8"]
+
+
+@pytest.mark.parametrize("method", ["uniform", "proportional", "temperature", "doremi"])
 def test_baselines_weigh_groups_and_the_draw_exports(planted, tmp_path, method):
     run = tmp_path / method
     res = runner.invoke(app, ["reweight", "--method", method, "--group-by", "k2", "--db", str(planted), "--out",
-                              str(run), "--budget", "60"])
+                              str(run), "--budget", "60", *(DOREMI if method == "doremi" else [])])
     assert res.exit_code == 0, res.output
     assert "groups of 'k2'" in res.output
     doc = json.loads((run / "weights.json").read_text())
@@ -84,6 +88,9 @@ def test_baselines_weigh_groups_and_the_draw_exports(planted, tmp_path, method):
                                    "mixed/c01": 120 - doc["group_counts"]["mixed/c00"]}
     if method == "uniform":  # uniform over the three groups, so mixed gets two thirds
         assert doc["sources"]["mixed"] == pytest.approx(2 / 3)
+    if method == "proportional":  # by rows: mixed holds 120 of 180
+        assert doc["sources"]["mixed"] == pytest.approx(2 / 3)
+        assert doc["groups"]["code"] == pytest.approx(1 / 3)
     data = pq.read_table(run / "data").to_pylist()
     assert len(data) == 60 and {r["group"] for r in data} <= set(doc["groups"])
     manifest = json.loads((run / "manifest.json").read_text())
