@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -83,14 +84,16 @@ class Method:
     """``source``: weights only; ``example``: also per-example scores and a selection."""
     needs: tuple[str, ...]
     """Inputs besides ``counts`` that must not be ``None`` (DoReMi's ``target`` depends on its config)."""
+    resumable: bool = False
+    """``fn`` also takes ``checkpoint_dir``: it stores its passes there and a later call continues them."""
 
 
 BASELINES: dict[str, Method] = {
     "uniform": Method("uniform", UniformConfig, run_uniform, "source", ()),
     "proportional": Method("proportional", ProportionalConfig, run_proportional, "source", ()),
     "temperature": Method("temperature", TemperatureConfig, run_temperature, "source", ()),
-    "less": Method("less", LessConfig, run_less, "example", ("model", "train", "target")),
-    "rho": Method("rho", RhoConfig, run_rho, "example", ("model", "train", "target")),
+    "less": Method("less", LessConfig, run_less, "example", ("model", "train", "target"), resumable=True),
+    "rho": Method("rho", RhoConfig, run_rho, "example", ("model", "train", "target"), resumable=True),
     "doremi": Method("doremi", DoremiConfig, run_doremi, "source", ("model", "train")),
 }
 
@@ -105,6 +108,7 @@ def run(
     target: TokenizedSet | None = None,
     on_step: StepCallback | None = None,
     device: str | torch.device | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> MethodResult:
     """Run the baseline ``method_name`` with ``cfg`` (``None``: its default config).
 
@@ -118,6 +122,8 @@ def run(
         on_step: optional per-step callback.
         device: where a model-based method runs; ``None``: on ``model``'s device. A model elsewhere is copied
             there (the caller's model is never modified; move it first to save that copy).
+        checkpoint_dir: for a resumable method (LESS, RHO), where its whole-pool pass is stored chunk by chunk
+            (:mod:`baselines.parts`); what an earlier, interrupted call stored there is reused.
 
     Returns:
         The method's :class:`MethodResult`.
@@ -139,7 +145,8 @@ def run(
             raise ValueError(f"method {method_name!r} needs {name}=..., got None")
     if model is not None and device is not None:
         model = on_device(model, torch.device(device))
-    return method.fn(cfg, counts=counts, model=model, train=train, target=target, on_step=on_step)
+    extra = {"checkpoint_dir": checkpoint_dir} if method.resumable and checkpoint_dir is not None else {}
+    return method.fn(cfg, counts=counts, model=model, train=train, target=target, on_step=on_step, **extra)
 
 
 def on_device(model: Any, device: torch.device) -> Any:

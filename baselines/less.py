@@ -28,8 +28,9 @@ moments, the features and the scores stay fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,7 @@ from baselines.base import (
     require_inputs,
     selection_weights,
 )
+from baselines.parts import Parts, load_state, save_state
 from baselines.projection import Projector, make_projector
 from baselines.scoring import subset
 from solvers.common import top_k
@@ -342,13 +344,15 @@ def features(
     projector: Projector,
     cfg: LessConfig,
     precondition: bool,
-) -> Iterator[tuple[list[int], torch.Tensor]]:
+    skip: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor | None]]:
     """Yield ``(rows, φ)``: projected, L2-normalised gradient features of ``data`` at checkpoint ``ckpt``.
 
     ``precondition=True`` gives the Adam direction Γ (train features), ``False`` the plain gradient (target
     features). Rows without response tokens get a zero feature. Gradients are buffered up to
     ``cfg.feature_buffer_mb`` before each projection pass, so the matrix is regenerated as rarely as memory
-    allows.
+    allows. A group whose first row ``skip`` accepts is not computed: it is yielded with ``None`` (its result
+    was stored by an earlier run).
     """
     device = model_device(model)
     params = {n: ckpt.lora[n].to(device) for n in lora_params(model)}
@@ -359,6 +363,9 @@ def features(
     group = per_group * cfg.grad_batch_size
     for g_start in range(0, len(data), group):
         rows_g = list(range(g_start, min(len(data), g_start + group)))
+        if skip is not None and skip(g_start):
+            yield rows_g, None
+            continue
         parts = []
         for start in range(0, len(rows_g), cfg.grad_batch_size):
             batch = {
@@ -387,9 +394,11 @@ def influence_scores(
     target: TokenizedSet,
     checkpoints: list[Checkpoint],
     cfg: LessConfig,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[torch.Tensor, dict[str, object]]:
     """LESS steps 2–4 for a LoRA-wrapped ``model``: the ``[N]`` scores max_t Σ_i η̄_i ⟨φ_i(x), ψ̄_{i,t}⟩, computed on
-    the model's device and returned on the host."""
+    the model's device and returned on the host. With ``checkpoint_dir`` each feature group's contribution is
+    stored as it is done (:class:`baselines.parts.Parts`), and one stored by an earlier run is read instead."""
     device = model_device(model)
     dim_in = sum(p.numel() for p in lora_params(model).values())
     projector = make_projector(dim_in, cfg.proj_dim, cfg.seed, cfg.proj_chunk_rows, device, cfg.projector)
@@ -398,13 +407,25 @@ def influence_scores(
     tasks = _task_rows(target, cfg.tasks)
     table = torch.zeros(len(train), len(tasks), device=device)
     model.eval()
-    for ckpt, eta_i in zip(checkpoints, eta, strict=True):
-        psi = torch.cat([phi for _, phi in features(model, target, ckpt, projector, cfg, precondition=False)])
+    for i, (ckpt, eta_i) in enumerate(zip(checkpoints, eta, strict=True)):
+        parts = Parts(checkpoint_dir, f"less-ckpt{i}") if checkpoint_dir is not None else None
+        psi = torch.cat([phi for _, phi in features(model, target, ckpt, projector, cfg, precondition=False)
+                         if phi is not None])
         means = torch.stack(
             [psi[torch.as_tensor(rows, device=device)].mean(dim=0) for rows in tasks.values()]
         )
-        for rows, phi in features(model, train, ckpt, projector, cfg, precondition=True):
-            table[rows[0] : rows[-1] + 1] += eta_i * phi @ means.T
+        skip = parts.has if parts is not None else None
+        for rows, phi in features(model, train, ckpt, projector, cfg, precondition=True, skip=skip):
+            if phi is None:  # stored by an earlier run
+                assert parts is not None
+                stored = parts.get(rows[0])
+                assert stored is not None
+                part = torch.from_numpy(stored).to(table)
+            else:
+                part = (eta_i * phi) @ means.T
+                if parts is not None:
+                    parts.put(rows[0], part)
+            table[rows[0] : rows[-1] + 1] += part
     info = {
         "lora_params": dim_in,
         "lr_weights": eta,
@@ -414,6 +435,9 @@ def influence_scores(
         "projection_chunk_bytes": getattr(projector, "chunk_bytes", None),
     }
     return table.max(dim=1).values.cpu(), info
+
+
+WARMUP_FILE = "less_warmup.pt"
 
 
 def warmup_rows(n: int, cfg: LessConfig) -> np.ndarray:
@@ -430,8 +454,12 @@ def run_less(
     train: TokenizedSet | None = None,
     target: TokenizedSet | None = None,
     on_step: StepCallback | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> MethodResult:
     """Registry entry for ``less``: warm up LoRA, score the whole pool, keep the top ``select_fraction``.
+
+    With ``checkpoint_dir`` the warmup checkpoints and every scored feature group are stored as they are done, and
+    a later call with the same inputs (``curate reweight --resume``) continues from them.
 
     Args:
         cfg: the LESS settings.
@@ -450,8 +478,11 @@ def run_less(
     check_autocast(cfg.autocast_bf16, model_device(model), "less")
     wrapped = add_lora(model, cfg)
     rows_w = warmup_rows(len(train), cfg)
-    checkpoints = warmup(wrapped, subset(train, rows_w), cfg, on_step)
-    scores, info = influence_scores(wrapped, train, target, checkpoints, cfg)
+    stored = load_state(checkpoint_dir, WARMUP_FILE)
+    checkpoints = [Checkpoint(**c) for c in stored] if stored is not None else warmup(
+        wrapped, subset(train, rows_w), cfg, on_step)
+    save_state(checkpoint_dir, WARMUP_FILE, [dataclasses.asdict(c) for c in checkpoints])
+    scores, info = influence_scores(wrapped, train, target, checkpoints, cfg, checkpoint_dir)
     order = top_k(scores, n_selected(len(train), cfg.select_fraction))
     info.update(
         warmup_rows=len(rows_w), target_modules=list(cfg.target_modules) or lora_target_modules(model)

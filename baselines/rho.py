@@ -20,9 +20,11 @@ reference's training and every scoring pass under bf16 autocast; weights, moment
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -43,6 +45,7 @@ from baselines.base import (
     require_inputs,
     selection_weights,
 )
+from baselines.parts import Parts, load_state, save_state
 from baselines.scoring import example_losses, example_token_losses, fit_reference, subset
 from solvers.common import normalise, top_k
 from solvers.data import TokenizedSet
@@ -75,6 +78,9 @@ class RhoConfig:
     """``selection``: per-source share of the selection; ``excess``: ∝ max(mean excess per source, 0)."""
     batch_size: int = 32
     """Examples per no-grad scoring forward pass."""
+    checkpoint_rows: int = 8192
+    """Rows scored between two stored parts of the pass (rounded up to a multiple of ``batch_size``): a killed
+    run resumes from the last one (``aggregate="mean"``; ``token_topk`` needs every token at once)."""
     seed: int = 0
     """Seeds the reference batches, the held-out split and the sampling."""
     autocast_bf16: bool = False
@@ -84,6 +90,7 @@ class RhoConfig:
         check_int("reference_steps", self.reference_steps, 0)
         check_int("reference_batch_size", self.reference_batch_size, 1)
         check_int("batch_size", self.batch_size, 1)
+        check_int("checkpoint_rows", self.checkpoint_rows, 1)
         check_int("seed", self.seed, 0)
         check_positive("reference_lr", self.reference_lr)
         check_positive("temperature", self.temperature)
@@ -95,12 +102,29 @@ class RhoConfig:
         check_choice("source_weights", self.source_weights, ("selection", "excess"))
 
 
-def excess_losses(model: nn.Module, reference: nn.Module, data: TokenizedSet, cfg: RhoConfig) -> torch.Tensor:
-    """Per-example excess loss ℓ_model − ℓ_ref over ``data`` (``[N]``), aggregated per ``cfg.aggregate``."""
+def excess_losses(model: nn.Module, reference: nn.Module, data: TokenizedSet, cfg: RhoConfig,
+                  parts: Parts | None = None) -> torch.Tensor:
+    """Per-example excess loss ℓ_model − ℓ_ref over ``data`` (``[N]``), aggregated per ``cfg.aggregate``.
+
+    ``aggregate="mean"`` runs in chunks of ``checkpoint_rows`` (a multiple of ``batch_size``, so the batches are
+    those of one pass) and keeps each in ``parts``: chunks stored by an earlier, killed run are read, not
+    recomputed."""
     bf16 = cfg.autocast_bf16
     if cfg.aggregate == "mean":
-        return (example_losses(model, data, cfg.batch_size, bf16)
-                - example_losses(reference, data, cfg.batch_size, bf16))
+        step = -(-cfg.checkpoint_rows // cfg.batch_size) * cfg.batch_size
+        out = []
+        for start in range(0, len(data), step):
+            stored = parts.get(start) if parts is not None else None
+            if stored is not None:
+                out.append(torch.from_numpy(stored).float())
+                continue
+            chunk = subset(data, np.arange(start, min(len(data), start + step)))
+            got = (example_losses(model, chunk, cfg.batch_size, bf16)
+                   - example_losses(reference, chunk, cfg.batch_size, bf16)).float().cpu()
+            if parts is not None:
+                parts.put(start, got)
+            out.append(got)
+        return torch.cat(out) if out else torch.zeros(0)
     per_token = [
         a - b
         for a, b in zip(
@@ -110,6 +134,24 @@ def excess_losses(model: nn.Module, reference: nn.Module, data: TokenizedSet, cf
         )
     ]
     return token_topk_scores(per_token, cfg.token_keep, device=model_device(model))
+
+
+def _reference(model: nn.Module, fit_set: TokenizedSet, cfg: RhoConfig, on_step: StepCallback | None,
+               checkpoint_dir: Path | None) -> nn.Module:
+    """The reference fitted on the target, or the one an earlier run of this job stored."""
+    stored = load_state(checkpoint_dir, REFERENCE_FILE)
+    if stored is not None:
+        reference = copy.deepcopy(model)
+        reference.load_state_dict(stored)
+        return reference.eval()
+    reference = fit_reference(model, fit_set, steps=cfg.reference_steps, lr=cfg.reference_lr,
+                              batch_size=cfg.reference_batch_size, seed=cfg.seed, on_step=on_step,
+                              stage="rho_reference", autocast_bf16=cfg.autocast_bf16)
+    save_state(checkpoint_dir, REFERENCE_FILE, {k: v.detach().cpu() for k, v in reference.state_dict().items()})
+    return reference
+
+
+REFERENCE_FILE = "rho_reference.pt"
 
 
 def token_topk_scores(per_token: list[torch.Tensor], keep: float,
@@ -151,8 +193,12 @@ def run_rho(
     train: TokenizedSet | None = None,
     target: TokenizedSet | None = None,
     on_step: StepCallback | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> MethodResult:
     """Registry entry for ``rho``: fit the reference on the target, score the pool by excess loss, select.
+
+    With ``checkpoint_dir`` the reference model and every scored chunk are stored there as they are done, and a
+    later call with the same inputs (``curate reweight --resume``) reuses them.
 
     Args:
         cfg: the RHO settings.
@@ -170,18 +216,9 @@ def run_rho(
     check_pool(counts, train)
     check_autocast(cfg.autocast_bf16, model_device(model), "rho")
     fit_set, held = _split_target(target, cfg)
-    reference = fit_reference(
-        model,
-        fit_set,
-        steps=cfg.reference_steps,
-        lr=cfg.reference_lr,
-        batch_size=cfg.reference_batch_size,
-        seed=cfg.seed,
-        on_step=on_step,
-        stage="rho_reference",
-        autocast_bf16=cfg.autocast_bf16,
-    )
-    excess = excess_losses(model, reference, train, cfg)
+    reference = _reference(model, fit_set, cfg, on_step, checkpoint_dir)
+    excess = excess_losses(model, reference, train, cfg, Parts(checkpoint_dir, "rho-excess") if checkpoint_dir
+                           else None)
     rows = choose(excess, cfg)
     scores = excess.double().cpu().numpy()  # the [N] result comes to the host once
     if cfg.source_weights == "excess":

@@ -176,7 +176,7 @@ def reweight(job: Job, *, on_step: StepCallback | None = None) -> ReweightOutcom
     """
     start = time.perf_counter()
     data = load_run_data(job.db, job.settings.target, need_target="target" in job.method.needs,
-                         need_text="model" in job.method.needs, stream_above=job.settings.stream_above,
+                         need_text=job.method.reads_text, stream_above=job.settings.stream_above,
                          group_by=job.settings.group_by)
     try:
         if job.settings.budget is not None:  # a budget the pool cannot serve is refused before any training

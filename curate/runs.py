@@ -47,7 +47,8 @@ class RunFolder:
     scores = _path("scores.parquet", "Per-example scores of an example-level method.")
     diagnostics = _path("diagnostics.json", "The method's diagnostics and the tokenization report.")
     manifest = _path("manifest.json", "Fingerprints, counts, seeds, versions and output hashes.")
-    checkpoints = _path("checkpoints", "ScaleBiO's resumable state.")
+    checkpoints = _path("checkpoints", "The resumable state of ScaleBiO (checkpoints), LESS and RHO (their whole-pool "
+                                       "passes, chunk by chunk; removed when the method finishes).")
     base_model = _path("base_model", "The untrained base model and tokenizer (resume and compare start here).")
     model = _path("model", "ScaleBiO's final w model (save_model=true).")
     data = _path("data", "The resampled rows (part-*.parquet).")

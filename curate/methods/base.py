@@ -117,6 +117,9 @@ class Method:
     """``example``: it also scores rows (``scores.parquet``), and the resampler walks each source best-first."""
     resumable: bool = False
     """``--resume`` continues it from ``checkpoints/``."""
+    reads_text: bool = True
+    """It reads the pool's rows (``FitInputs.pool``); False for a method that uses the row counts alone, so a
+    pool of millions is never read for it."""
     distributed: bool = False
     """``--launcher deepspeed`` runs it."""
 

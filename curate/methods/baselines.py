@@ -6,7 +6,10 @@ curate's typed ones, and their ``ValueError`` into a one-line :class:`~curate.er
 
 from __future__ import annotations
 
-from curate.errors import ConfigError
+import shutil
+
+from curate import methods
+from curate.errors import ConfigError, Interrupted
 from curate.methods.base import FitInputs, FitResult, TrajectoryRow
 
 
@@ -22,12 +25,21 @@ def fit(inputs: FitInputs) -> FitResult:
     if train is not None:  # label-less rows were dropped: weigh what is left
         counts = {s: int(n) for s, n in zip(train.sources, train.counts(), strict=True)}
     model = inputs.model.to(inputs.device) if inputs.model is not None else None
+    resumable = methods.get(inputs.method).resumable
     try:
         res = run(inputs.method, inputs.cfg, counts=counts, model=model, train=train,
                   target=inputs.target_set, on_step=inputs.on_step,
-                  device=inputs.device if model is not None else None)
+                  device=inputs.device if model is not None else None,
+                  checkpoint_dir=inputs.run.checkpoints if resumable else None)
     except (ValueError, FloatingPointError) as e:  # a bad setting, or a reference model's loss going NaN
         raise ConfigError(f"{inputs.method}: {e}") from None
+    except KeyboardInterrupt:
+        if not resumable:
+            raise
+        raise Interrupted(f"scored chunks are kept in {inputs.run.checkpoints}; continue with `curate reweight "
+                          f"--resume {inputs.run.root}`") from None
+    if resumable:  # the stored passes served their purpose; a reference model can be as large as the model
+        shutil.rmtree(inputs.run.checkpoints, ignore_errors=True)
     trajectory = [TrajectoryRow.from_record(r) for r in res.trajectory or []]
     return FitResult(weights=dict(res.weights), scores=res.scores, selected=res.selected, trajectory=trajectory,
                      diagnostics=dict(res.info))
@@ -35,6 +47,4 @@ def fit(inputs: FitInputs) -> FitResult:
 
 def _scores_every_row(method: str) -> bool:
     """LESS and RHO score every pool row (DoReMi only samples batches)."""
-    from curate import methods
-
     return methods.get(method).level == "example"
