@@ -179,7 +179,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="where to write results (default WORKDIR/results.json)")
     ap.add_argument("--budget", type=int, default=20_000)
     ap.add_argument("--sb-steps", type=int, default=50, help="ScaleBiO steps")
-    ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS, help="steps to run (ingest always)")
+    ap.add_argument("--steps", "--stages", nargs="+", default=list(STEPS), choices=STEPS,
+                    help="steps to run (ingest always), e.g. --steps duckdb ingest resample export")
     ap.add_argument("--step-timeout", type=float, default=1800, help="seconds before a step is killed")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ blocks.
 Every open caps DuckDB's buffer (:func:`memory_limit`: ``min(2 GB, half of RAM)``, or ``CURATE_DUCKDB_MEMORY``) and
 gives it a spill folder next to the store (``<db>.tmp``), so an ingest or a big query's peak memory is bounded by that
 cap, not by the size of the pool: DuckDB writes what does not fit to disk instead of taking the machine's memory.
+Spill files that a killed process left there are removed by the next open (:func:`remove_stale_spill`).
 """
 
 from __future__ import annotations
@@ -129,6 +130,45 @@ def spill_dir(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
+_SPILL_FILE = re.compile(r"duckdb_temp_(\d+)_")
+
+
+def remove_stale_spill(path: Path) -> list[Path]:
+    """Delete the spill files a killed process left in ``<db>.tmp``; returns them.
+
+    DuckDB removes its spill files when it closes, not when it is killed (``kill -9``, the OOM killer), and never
+    looks at another process's: each stale file stayed on the disk for good. Its name carries the process id that
+    wrote it, so a file is removed only when that process is gone (another curate reading the same store spills
+    into the same folder).
+    """
+    folder = spill_dir(path)
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _SPILL_FILE.match(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
+            removed.append(folder / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def _ram_bytes() -> int:
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -167,6 +207,7 @@ def open_db(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDB
         raise DataError(f"{path}: not a DuckDB database ({_first_line(msg)}); pass another --db") from None
     except (duckdb.Error, RuntimeError) as e:
         raise DataError(f"{path}: cannot open as DuckDB ({_first_line(str(e))}); pass another --db") from None
+    remove_stale_spill(path)
     try:
         if not read_only:
             _migrate(con, path)
@@ -237,6 +278,28 @@ def compact(con: duckdb.DuckDBPyConnection) -> None:
         pass
 
 
+def release_cache(con: duckdb.DuckDBPyConnection) -> None:
+    """Give back the memory of the blocks DuckDB keeps cached after a statement (every block it wrote or read).
+
+    DuckDB evicts cached blocks only when it needs room under ``memory_limit``, so over a long ingest the cache grows
+    to the whole limit: peak RSS then grows with the store, not with the file being read. Lowering the limit for a
+    moment evicts what no query holds (written blocks are simply dropped: they are on disk). Best effort.
+    """
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    if row is None:
+        return
+    shown = str(row[0])  # rounded ('1.8 GiB'): setting it back as shown would lower the limit a little each time
+    try:
+        con.execute("SET memory_limit = '16MB'")
+    except duckdb.Error:
+        pass  # more than that is held (a temporary table): what could be evicted was
+    finally:
+        con.execute("SET memory_limit = ?", [memory_limit()])  # what open_db set, exactly
+        again = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        if again is None or str(again[0]) != shown:  # a connection opened with another limit keeps its own
+            con.execute("SET memory_limit = ?", [shown])
+
+
 def is_bloated(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     """True when the file holds more than two blocks beyond the blocks DuckDB uses (left by a killed write)."""
     try:
@@ -293,12 +356,20 @@ def sources_in(con: duckdb.DuckDBPyConnection, split: str | None = None) -> dict
 
 
 def data_fingerprint(con: duckdb.DuckDBPyConnection, sources: list[str] | None = None) -> str:
-    """A content fingerprint of the stored examples (per source and split), stable across re-ingests."""
-    where, args = ("WHERE source IN (SELECT unnest(?))", [sources]) if sources else ("", [])
+    """A fingerprint of the stored examples of ``sources`` (all sources when None), every split.
+
+    Read from the ``ingests`` ledger, not from the rows: only ingest and drop change ``example_rows``, and each of
+    them changes the ledger of every source whose rows it changes (a file's entry per source and split, with its
+    content hash, options and counts). So the fingerprint changes whenever those sources' rows do, costs one small
+    query whatever the pool's size (hashing 4 million rows' hashes took seconds), and is the same after a file is
+    dropped and ingested again with the same options. Ingest ids, paths and times are left out.
+    """
+    where, args = ("WHERE source IN (SELECT unnest(?::VARCHAR[]))", [sources]) if sources else ("", [])
     row = con.execute(
         f"""SELECT md5(coalesce(string_agg(part, ';' ORDER BY part), '')) FROM (
-              SELECT source || '/' || split || ':' || md5(string_agg(content_hash, ',' ORDER BY content_hash)) AS part
-              FROM examples {where} GROUP BY source, split)""",
+              SELECT concat_ws('/', source, split, file_sha256, default_source, schema, max_chars, kept, duplicates)
+                AS part
+              FROM ingests {where})""",
         args,
     ).fetchone()
     return str(row[0]) if row else ""

@@ -18,18 +18,22 @@ from, which ``curate export`` checks), the store (``db``), allocation, repeats, 
 held back (``capped``), the seed and the sha256 of every output file.
 
 Everything is checked before anything is written (weights, sources, budget, ``--out``); then ``data/`` and the
-manifest are built under temporary names and renamed into place, so a failure (a full disk, a read-only folder, a
-kill) leaves the previous ``data/`` and manifest as they were. ``--out X`` draws into ``X`` and copies the
-weights (and scores) there, leaving the run folder untouched.
+manifest are built under temporary names and renamed into place (``data/`` swapped with the old one in one step
+where the system can), so a failure (a full disk, a read-only folder, a kill) leaves the previous ``data/`` and
+manifest as they were; the temporary files a kill leaves are removed by the next resample of that folder.
+``--out X`` draws into ``X`` and copies the weights (and scores) there, leaving the run folder untouched.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,8 +44,8 @@ import duckdb
 
 from curate.db import data_fingerprint, sources_in
 from curate.errors import ConfigError, DataError
-from curate.fs_errors import fs_error, is_temporary
-from curate.io import atomic_dir, atomic_path, sha256_file, write_bytes
+from curate.fs_errors import destination, fs_error, is_temporary
+from curate.io import atomic_path, sha256_file, write_bytes
 from curate.runs import DB_KEY, RunFolder, manifest_with
 from curate.sampling import (
     DEFAULT_MAX_EPOCHS,
@@ -52,6 +56,7 @@ from curate.sampling import (
     plan_allocation,
 )
 from curate.weights import read_weights, validate_weights
+from solvers.common import io as atomic_io
 
 # Written into the manifest of a folder that `resample --out` filled; such a folder may be rewritten by a later one.
 FROM_KEY = "resampled_from"
@@ -135,6 +140,7 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
     query, params = draw_query(alloc, pool, seed, split, scores, units)
     with _write_boundary(run_dir, remove=new):
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(run_dir)
         files = _write(con, run_dir, query, params, budget, manifest)
         if copied:  # after the manifest that marks the folder as resample's, so a rerun may always replace it
             write_bytes(run.weights, raw)
@@ -330,7 +336,7 @@ def _write(con: duckdb.DuckDBPyConnection, run_dir: Path, query: str, params: di
     ``data/`` is swapped in and renamed right after, so a failure while writing leaves both as they were."""
     run = RunFolder(run_dir)
     with atomic_path(run.manifest) as tmp_manifest:
-        with atomic_dir(run.data) as tmp:
+        with _swapped_in(run.data) as tmp:
             written = copy_parquet(con, query, params, tmp)
             if written != rows:  # the counts were read from the same read-only connection: a bug, not bad input
                 raise RuntimeError(f"resample wrote {written} rows, expected {rows}")
@@ -338,6 +344,77 @@ def _write(con: duckdb.DuckDBPyConnection, run_dir: Path, query: str, params: di
             doc = {**manifest, "outputs": outputs}
             tmp_manifest.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     return run.data_files()
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Delete what a killed resample left in ``run_dir``: its temporary ``data/`` and manifest (``.data.*.tmp``,
+    ``.manifest.json.*.tmp``) and a previous ``data/`` it was swapping out (``.data.old``, by earlier versions).
+    Nothing reads them, and a draw's temporary folder may hold gigabytes. Returns the names removed."""
+    run = RunFolder(run_dir)
+    mine = {run.data.name, run.manifest.name}
+    gone = []
+    for p in run_dir.iterdir():
+        if not is_temporary(p.name) or destination(p).name not in mine:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        gone.append(p.name)
+    return gone
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextmanager
+def _swapped_in(dest: Path) -> Iterator[Path]:
+    """Like :func:`curate.io.atomic_dir`, but an existing ``dest`` is exchanged with the new folder in one step.
+
+    ``atomic_dir`` moves the old folder aside and then the new one in: a kill between the two renames leaves no
+    ``data/`` at all. Where the system can swap two paths (Linux), there is no such moment: ``data/`` is the old draw,
+    whole, until it is the new one, whole; elsewhere the two renames remain.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        atomic_io.settle_tree(tmp)
+        if dest.exists() and _exchange(tmp, dest):
+            atomic_io.fsync_dir(dest.parent)  # tmp now holds the previous draw, removed below
+        elif dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                os.replace(old, dest)
+                raise
+            atomic_io.fsync_dir(dest.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+            atomic_io.fsync_dir(dest.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 _PART = re.compile(r"part-(\d+)\.parquet")

@@ -109,13 +109,15 @@ def bad_utf8_offset(path: Path) -> int | None:
 
 
 def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = "raw", *,
-             line_by_line: bool = False) -> str:
+             line_by_line: bool = False, long_lines: bool = True) -> str:
     """Create ``table(origin_row, line, pre_reason)`` holding one JSON text per input record.
 
-    JSONL becomes a view over DuckDB's line reader (one scan, nothing materialised), which validates UTF-8
-    itself: if it meets an invalid byte (here or when the view is read) it raises :class:`NotUtf8`, and the
-    caller retries with ``line_by_line=True``, where Python reads the file and marks each bad line's
-    ``pre_reason`` so it becomes a reject of its own. Returns the name of a relation holding the first records,
+    JSONL becomes a view over DuckDB's line reader (one scan, nothing materialised), which validates UTF-8 itself:
+    if it meets an invalid byte (here or when the view is read) it raises :class:`NotUtf8`, and the caller retries
+    with ``line_by_line=True``, where Python reads the file and marks each bad line's ``pre_reason`` so it becomes a
+    reject of its own. ``long_lines=False`` reads JSONL with a small line buffer (:data:`SHORT_LINE_BYTES`) and
+    raises :class:`LineTooLong` on a longer line, for the caller to retry with the full cap (:func:`line_cap`): the
+    reader's buffer is as big as its longest allowed line. Returns the name of a relation holding the first records,
     for schema detection. Raises DataError for files that cannot be read at all (empty, a malformed JSON array,
     unreadable Parquet).
     """
@@ -124,7 +126,9 @@ def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = 
     drop_raw(con, table)
     try:
         if fmt == "jsonl":
-            return _load_jsonl_lines(con, path, table) if line_by_line else _load_jsonl(con, path, table)
+            if line_by_line:
+                return _load_jsonl_lines(con, path, table)
+            return _load_jsonl(con, path, table, line_cap(con) if long_lines else short_cap(con))
         if fmt == "json":
             _load_json_array(con, path, table)
         elif fmt == "csv":
@@ -140,7 +144,7 @@ def load_raw(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, table: str = 
     except duckdb.Error as e:
         if fmt == "jsonl":
             raise_if_not_utf8(e)
-            raise_if_line_too_long(e, path)
+            raise_if_line_too_long(e, path, retry=not long_lines)
         raise_if_out_of_memory(e, path)
         first = str(e).strip().splitlines()[0][:160]
         raise DataError(f"{path}: cannot read as {fmt} ({first}); fix the file") from None
@@ -165,6 +169,10 @@ def blank(expr: str) -> str:
 
 
 MIN_LINE_BYTES = 2 * 1024**2
+SHORT_LINE_BYTES = 8 * 1024**2
+"""The line buffer tried first: DuckDB's line reader holds a buffer as big as the longest line it allows (capped at
+the file's size), so a 250 MB cap made every ingest of a big file hold 250 MB. Longer lines are rare: a file that
+has one is read again with the full cap."""
 MAX_LINE_BYTES = 256 * 1024**2
 _UNITS = {"bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
           "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
@@ -178,18 +186,35 @@ def line_cap(con: duckdb.DuckDBPyConnection) -> int:
     1 GB limit therefore made it buffer the whole file, so ingest's memory grew with the file. A line this long
     is far beyond ``--max-chars`` anyway.
     """
-    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
-    parts = str(row[0] if row else "").split()
-    try:
-        limit = float(parts[0]) * _UNITS[parts[1].lower()]
-    except (IndexError, KeyError, ValueError):
-        return MAX_LINE_BYTES
+    limit = memory_bytes(con)
     return int(min(MAX_LINE_BYTES, max(MIN_LINE_BYTES, limit // 8)))
 
 
-def raise_if_line_too_long(error: duckdb.Error, path: Path) -> None:
-    """Turn the line reader's "Maximum line size exceeded" into a one-line DataError with the fix."""
+def memory_bytes(con: duckdb.DuckDBPyConnection) -> float:
+    """DuckDB's ``memory_limit`` in bytes (infinite when it cannot be read)."""
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    parts = str(row[0] if row else "").split()
+    try:
+        return float(parts[0]) * _UNITS[parts[1].lower()]
+    except (IndexError, KeyError, ValueError):
+        return float("inf")
+
+
+class LineTooLong(Exception):
+    """A line is longer than the short line buffer; the caller reads the file again with the full cap."""
+
+
+def short_cap(con: duckdb.DuckDBPyConnection) -> int:
+    """The line buffer tried first: :data:`SHORT_LINE_BYTES`, or the full cap when that is smaller."""
+    return min(SHORT_LINE_BYTES, line_cap(con))
+
+
+def raise_if_line_too_long(error: duckdb.Error, path: Path, *, retry: bool = False) -> None:
+    """Turn the line reader's "Maximum line size exceeded" into a one-line DataError with the fix (or into
+    :class:`LineTooLong` when ``retry``: the short buffer was in use)."""
     m = _TOO_LONG.search(str(error))
+    if m is not None and retry:
+        raise LineTooLong(str(error)) from None
     if m is not None:
         raise DataError(
             f"{path}: a line is longer than {int(m.group(1)):,} bytes, the most one JSONL line may take with "
@@ -204,25 +229,32 @@ def raise_if_out_of_memory(error: duckdb.Error, path: Path) -> None:
                         f"{MEMORY_ENV}=2GB) or check that the disk beside the store has room to spill") from None
 
 
-def _lines(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+def lines_relation(con: duckdb.DuckDBPyConnection, path: Path | str, cap: int | None = None) -> str:
+    """DuckDB's line reader over ``path``: one VARCHAR ``line`` per line (NULL for an empty one), lines of at most
+    ``cap`` bytes (default :func:`line_cap`)."""
     lit = "'" + str(path).replace("'", "''") + "'"
-    cap = line_cap(con)
+    cap = line_cap(con) if cap is None else cap
     return (f"read_csv({lit}, columns={{'line': 'VARCHAR'}}, header=false, delim='', quote='', escape='', "
             f"auto_detect=false, max_line_size={cap}, buffer_size={cap})")
 
 
-def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:
-    lines = _lines(con, path)
+def load_head(con: duckdb.DuckDBPyConnection, path: Path, table: str, cap: int) -> str:
+    """``table`` holding the first 2,000 non-blank lines of a JSONL file (for schema detection); returns its name."""
+    con.execute(
+        f"""CREATE TEMP TABLE {table} AS SELECT row_number() OVER () AS origin_row, line,
+            NULL::VARCHAR AS pre_reason FROM (SELECT line FROM {lines_relation(con, path, cap)} LIMIT 2000)
+            WHERE NOT {blank('line')}"""
+    )
+    return table
+
+
+def _load_jsonl(con: duckdb.DuckDBPyConnection, path: Path, table: str, cap: int) -> str:
+    lines = lines_relation(con, path, cap)
     con.execute(
         f"""CREATE TEMP VIEW {table} AS SELECT origin_row, line, NULL::VARCHAR AS pre_reason FROM (
               SELECT row_number() OVER () AS origin_row, line FROM {lines}) WHERE NOT {blank('line')}"""
     )
-    con.execute(
-        f"""CREATE TEMP TABLE {table}_head AS SELECT row_number() OVER () AS origin_row, line,
-            NULL::VARCHAR AS pre_reason FROM (SELECT line FROM {lines} LIMIT 2000)
-            WHERE NOT {blank('line')}"""
-    )
-    return f"{table}_head"
+    return load_head(con, path, f"{table}_head", cap)
 
 
 def _load_jsonl_lines(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str:

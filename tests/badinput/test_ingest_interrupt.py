@@ -1,5 +1,6 @@
-"""Ctrl-C and kill -9 in the middle of an ingest: exit 130 (Ctrl-C), the store as it was before the file, and no
-file left bloated by the rows that were being written."""
+"""Ctrl-C and kill -9 in the middle of an ingest: exit 130 (Ctrl-C), the store as it was before the file (every table,
+and what `curate sources` counts), no file left bloated by the rows that were being written, no spill files left
+behind, and the same command run again stores the file."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 import curate.ingest.load as load
 from curate.cli import app
+from curate.db import MEMORY_ENV, is_bloated, spill_dir
 from tests.badinput.conftest import interruptible, store_digest
 from tests.conftest import alpaca_rows, write_jsonl
 
@@ -43,10 +45,10 @@ def db(tmp_path):
     return path
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from curate.cli import app; app()", *args], cwd=cwd,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=interruptible)
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, preexec_fn=interruptible)
 
 
 def _wait_until_duckdb_reads(proc: subprocess.Popen, data: Path, timeout: float = 15) -> None:
@@ -101,7 +103,7 @@ def test_interrupt_after_rows_were_written_rolls_back_and_compacts(tmp_path, db,
     def interrupted(*args, **kwargs):
         raise RuntimeError("Query interrupted")
 
-    monkeypatch.setattr(load, "_report", interrupted)  # runs after every INSERT of the file
+    monkeypatch.setattr(load.ledger, "also_stored_as", interrupted)  # runs after every INSERT of the file
     res = CliRunner().invoke(app, ["ingest", str(data), "--db", str(db)])
     assert res.exit_code == 130, res.output
     assert "interrupted" in res.output and "big.jsonl was not stored" in res.output
@@ -109,18 +111,72 @@ def test_interrupt_after_rows_were_written_rolls_back_and_compacts(tmp_path, db,
     assert db.stat().st_size <= size + SLACK, f"{size} -> {db.stat().st_size}"
 
 
-def test_kill_9_mid_ingest_leaves_the_store_intact(tmp_path, db):
-    data = _big(tmp_path / "big.jsonl")
-    before = store_digest(db)
-    proc = _start(["ingest", str(data), "--db", str(db)], tmp_path)
-    _wait_until_duckdb_reads(proc, data)
-    proc.kill()
-    proc.communicate(timeout=30)
-    assert store_digest(db) == before
+def _wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 20) -> float:
+    """Poll ``ready()`` until it holds while ``proc`` is still running; returns the seconds it took."""
+    start = time.time()
+    while not ready():
+        assert proc.poll() is None, f"the ingest ended before {what}:\n{proc.communicate()}"
+        assert time.time() - start < timeout, f"the ingest never {what}"
+        time.sleep(0.002)
+    return time.time() - start
+
+
+def _sources(db: Path) -> str:
     res = CliRunner().invoke(app, ["sources", "--db", str(db)])
-    assert res.exit_code == 0 and "s " in res.output, res.output
-    again = CliRunner().invoke(app, ["ingest", str(data), "--db", str(db), "--quiet"])  # the same file goes in
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _killed_midway(tmp_path: Path, db: Path, ready, what: str, env: dict[str, str] | None = None) -> int:
+    """Start ``curate ingest big.jsonl``, SIGKILL it once ``ready()`` holds, check the store is as it was; returns
+    the killed process's id."""
+    data = _big(tmp_path / "big.jsonl")
+    before, listing = store_digest(db), _sources(db)
+    proc = _start(["ingest", str(data), "--db", str(db)], tmp_path, env=env)
+    try:
+        _wait_until(proc, ready, what)
+    finally:
+        proc.kill()  # SIGKILL: no rollback, no cleanup
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert store_digest(db) == before  # every table, row for row
+    assert _sources(db) == listing  # `curate sources` opens it and counts the same
+    return proc.pid
+
+
+def _rerun_stores_the_file(tmp_path: Path, db: Path) -> None:
+    again = CliRunner().invoke(app, ["ingest", str(tmp_path / "big.jsonl"), "--db", str(db), "--quiet"])
     assert again.exit_code == 0, again.output
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT content_hash) FROM examples WHERE source = 'big'"
+                           ).fetchone() == (ROWS, ROWS)
+        assert not is_bloated(con, db)  # the blocks the killed write left were given back
+    finally:
+        con.close()
+
+
+def test_kill_9_mid_ingest_leaves_the_store_intact(tmp_path, db):
+    """Killed while DuckDB writes the file's rows into the store (the store file has grown by megabytes)."""
+    size = db.stat().st_size
+    _killed_midway(tmp_path, db, lambda: db.stat().st_size > size + 4 * SLACK, "wrote rows into the store")
+    assert not list(tmp_path.glob("c.duckdb.tmp/*"))
+    _rerun_stores_the_file(tmp_path, db)
+
+
+def test_kill_9_while_spilling_leaves_no_spill_files_and_reruns(tmp_path, db, monkeypatch):
+    """Under a small memory cap DuckDB spills to ``<db>.tmp`` while it reads; a kill leaves those files, and the
+    next open of the store removes them."""
+    spill = spill_dir(db)
+
+    def spilling() -> bool:
+        return sum(p.stat().st_size for p in spill.glob("duckdb_temp_*") if p.exists()) > SLACK
+
+    pid = _killed_midway(tmp_path, db, spilling, "spilled", env={MEMORY_ENV: "48MB"})
+    assert not [p for p in spill.glob(f"duckdb_temp_{pid}_*")]  # `curate sources` (a read-only open) removed them
+    monkeypatch.setenv(MEMORY_ENV, "48MB")
+    _rerun_stores_the_file(tmp_path, db)
+    assert not list(spill.glob("duckdb_temp_*"))
 
 
 def test_a_store_bloated_by_a_killed_write_is_compacted_when_opened(tmp_path, db):

@@ -307,3 +307,44 @@ def test_exports_of_a_many_part_draw_stay_sharded(many_parts, tmp_path, monkeypa
     arrow = sorted((out / "train").glob("data-*.arrow"))
     assert len(arrow) > 3
     assert datasets.load_from_disk(str(out))["train"]["example_id"] == order
+
+
+def test_data_fingerprint_follows_every_change_to_the_rows_of_its_sources(tmp_path, corpus):
+    """The fingerprint the manifest records comes from the ingest ledger (one small query at any pool size); it must
+    still change whenever the stored rows of the fingerprinted sources do, and only then."""
+    from curate.db import data_fingerprint
+    from curate.ingest import drop
+    from tests.conftest import alpaca_rows, write_jsonl
+
+    path = tmp_path / "fp.duckdb"
+    more = write_jsonl(tmp_path / "more.jsonl", alpaca_rows("more", 5))
+    seen = []
+
+    def fp(sources=("math",)):
+        with open_db(path) as con:
+            return data_fingerprint(con, list(sources))
+
+    with open_db(path) as con:
+        ingest_paths(con, [corpus])
+    seen.append(fp())
+    with open_db(path) as con:
+        ingest_paths(con, [corpus])  # the same files again: a no-op
+        ingest_paths(con, [more], source="chat")  # another source
+    assert fp() == seen[-1]
+    assert fp(["chat"]) != fp(["chat", "math"]) != fp([])
+    with open_db(path) as con:
+        ingest_paths(con, [more], source="math")  # new rows in math
+    seen.append(fp())
+    with open_db(path) as con:
+        ingest_paths(con, [corpus / "math.jsonl"], max_chars=29)  # math.jsonl replaced: fewer rows kept
+    seen.append(fp())
+    with open_db(path) as con:
+        drop(con, file=str(more))  # the rows `more` brought to math (and chat)
+    seen.append(fp())
+    with open_db(path) as con:
+        drop(con, source="math")
+    seen.append(fp())
+    assert len(set(seen)) == len(seen), seen
+    with open_db(path) as con:  # the same file with the same options again: the same rows, the same fingerprint
+        ingest_paths(con, [corpus / "math.jsonl"])
+    assert fp() == seen[0]
