@@ -43,7 +43,8 @@ def reweight(
         "--max-epochs", metavar="E|none", help="With --budget: at most E passes over any one source (default 4), "
                                                "the surplus going to the others; 'none': no cap.")] = None,
     seed: Seed = 0,
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted ScaleBiO, LESS or RHO run folder.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue an interrupted ScaleBiO, LESS or RHO run folder.")] = None,
     json_logs: JsonLogs = False,
     lower_level: Annotated[str | None, typer.Option(
         "--lower-level", help="ScaleBiO's u and w: 'full' (two model copies) or 'lora' (two LoRA adapters "
