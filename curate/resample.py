@@ -26,14 +26,11 @@ manifest as they were; the temporary files a kill leaves are removed by the next
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,7 +42,7 @@ import duckdb
 from curate.db import data_fingerprint, sources_in
 from curate.errors import ConfigError, DataError
 from curate.fs_errors import destination, fs_error, is_temporary
-from curate.io import atomic_path, sha256_file, write_bytes
+from curate.io import atomic_dir, atomic_path, sha256_file, write_bytes
 from curate.runs import DB_KEY, RunFolder, manifest_with
 from curate.sampling import (
     DEFAULT_MAX_EPOCHS,
@@ -56,7 +53,6 @@ from curate.sampling import (
     plan_allocation,
 )
 from curate.weights import read_weights, validate_weights
-from solvers.common import io as atomic_io
 
 # Written into the manifest of a folder that `resample --out` filled; such a folder may be rewritten by a later one.
 FROM_KEY = "resampled_from"
@@ -336,7 +332,7 @@ def _write(con: duckdb.DuckDBPyConnection, run_dir: Path, query: str, params: di
     ``data/`` is swapped in and renamed right after, so a failure while writing leaves both as they were."""
     run = RunFolder(run_dir)
     with atomic_path(run.manifest) as tmp_manifest:
-        with _swapped_in(run.data) as tmp:
+        with atomic_dir(run.data) as tmp:
             written = copy_parquet(con, query, params, tmp)
             if written != rows:  # the counts were read from the same read-only connection: a bug, not bad input
                 raise RuntimeError(f"resample wrote {written} rows, expected {rows}")
@@ -362,59 +358,6 @@ def remove_leftovers(run_dir: Path) -> list[str]:
             p.unlink(missing_ok=True)
         gone.append(p.name)
     return gone
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-@contextmanager
-def _swapped_in(dest: Path) -> Iterator[Path]:
-    """Like :func:`curate.io.atomic_dir`, but an existing ``dest`` is exchanged with the new folder in one step.
-
-    ``atomic_dir`` moves the old folder aside and then the new one in: a kill between the two renames leaves no
-    ``data/`` at all. Where the system can swap two paths (Linux), there is no such moment: ``data/`` is the old draw,
-    whole, until it is the new one, whole; elsewhere the two renames remain.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        atomic_io.settle_tree(tmp)
-        if dest.exists() and _exchange(tmp, dest):
-            atomic_io.fsync_dir(dest.parent)  # tmp now holds the previous draw, removed below
-        elif dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            try:
-                os.replace(tmp, dest)
-            except BaseException:
-                os.replace(old, dest)
-                raise
-            atomic_io.fsync_dir(dest.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-            atomic_io.fsync_dir(dest.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 _PART = re.compile(r"part-(\d+)\.parquet")

@@ -17,6 +17,8 @@ Used by every package (solvers, baselines, evals and curate through ``curate.io`
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -125,18 +127,44 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary folder next to ``dest``; on success it and everything in it get the umask's modes and are
     synced (:func:`settle_tree`), it replaces ``dest`` (old content removed) and the parent folder is synced; on
-    error it is removed."""
+    error it is removed.
+
+    An existing ``dest`` is swapped with the new folder in one step where the system can (:func:`exchange`, Linux),
+    so no kill leaves ``dest`` missing: it is the old content, whole, until it is the new one, whole. Elsewhere it
+    is moved aside and the new folder renamed in (a kill between the two leaves ``.<dest>.old`` and no ``dest``).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         settle_tree(tmp)  # the folder itself too: mkdtemp made it 0700
-        if dest.exists():
+        if dest.exists() and exchange(tmp, dest):
+            fsync_dir(dest.parent)  # tmp now holds the previous content, removed below
+        elif dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(dest, old)

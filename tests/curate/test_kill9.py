@@ -104,7 +104,7 @@ def test_kill_9_while_the_draw_is_being_written_keeps_the_previous_draw(run, poo
 
 _KILL_AT_RENAME = textwrap.dedent("""
     import ctypes, os, signal, sys
-    import curate.resample as resample
+    import solvers.common.io as atomic_io
     target = int(sys.argv[1])
     calls = [0]
 
@@ -118,7 +118,7 @@ _KILL_AT_RENAME = textwrap.dedent("""
         return wrapper
 
     os.replace = counted(os.replace)
-    resample._exchange = counted(resample._exchange)
+    atomic_io.exchange = counted(atomic_io.exchange)
     from curate.cli import app
     app(sys.argv[2:])
 """)

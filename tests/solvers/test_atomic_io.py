@@ -96,10 +96,21 @@ def test_folder_replace_failure_puts_the_previous_folder_back(tmp_path, monkeypa
         real_replace(src, dst)
 
     monkeypatch.setattr(_io.os, "replace", replace)
+    monkeypatch.setattr(_io, "exchange", lambda a, b: False)  # a system without renameat2: the two renames
     with pytest.raises(OSError, match="disk full"), _io.atomic_dir(dest) as tmp:
         (tmp / "v2").write_text("2")
     assert [p.name for p in dest.iterdir()] == ["v1"]
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_folder_replace_swaps_in_one_step_where_the_system_can(tmp_path, monkeypatch):
+    dest = tmp_path / "d"
+    with _io.atomic_dir(dest) as tmp:
+        (tmp / "v1").write_text("1")
+    monkeypatch.setattr(_io.os, "replace", lambda *a: pytest.fail("a rename pair, not one exchange"))
+    with _io.atomic_dir(dest) as tmp:
+        (tmp / "v2").write_text("2")
+    assert [p.name for p in dest.iterdir()] == ["v2"] and [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
 def test_scalebio_checkpoint_goes_through_the_writer(tmp_path, umask):
