@@ -24,7 +24,7 @@ from tests.curate.test_cluster import _french, _word_problem
 runner = CliRunner()
 SCALEBIO = ["--steps", "150", "template=plain", "tiny.hidden=32"]
 """Measured on seeds 0-2: the clean share of the grouped draw from ``mixed`` was 0.92-0.93 (group weight on the
-word problems 0.86-0.87); per source it is 0.50-0.51."""
+word problems 0.86-0.87); per source it was 0.47-0.52."""
 BUDGET = 120
 
 
