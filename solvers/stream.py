@@ -96,14 +96,6 @@ class StreamedSet:
         return out
 
     @property
-    def input_ids(self) -> _Column:
-        return _Column(self, "ids")
-
-    @property
-    def labels(self) -> _Column:
-        return _Column(self, "labels")
-
-    @property
     def example_ids(self) -> _Ids:
         return _Ids(self)
 
@@ -173,29 +165,11 @@ class StreamedSet:
 
 
 def _scaled(st: TokenStats, rows: int) -> TokenStats:
-    """A sample's statistics scaled to ``rows`` rows (the shares kept, the lengths as measured)."""
-    if st.rows == 0 or st.rows == rows:
-        return TokenStats(rows, st.truncated, st.no_labels, st.median_len, st.p95_len, st.max_len) if st.rows else \
-            TokenStats(rows, 0, 0, st.median_len, st.p95_len, st.max_len)
-    f = rows / st.rows
-    no_labels = round(st.no_labels * f)
-    if st.no_labels == st.rows:  # every sampled row is label-less: say so, do not round to "some usable"
-        no_labels = rows
+    """A sample's statistics scaled to ``rows`` rows (the shares kept, the lengths as measured); a sample whose
+    rows all lost their labels says so for every row, never rounds to "some usable"."""
+    f = rows / st.rows if st.rows else 0.0
+    no_labels = rows if st.rows and st.no_labels == st.rows else round(st.no_labels * f)
     return TokenStats(rows, round(st.truncated * f), no_labels, st.median_len, st.p95_len, st.max_len)
-
-
-class _Column:
-    """``set.input_ids[i]`` / ``set.labels[i]`` on a streamed set: encoded on access (for code written against
-    the in-memory set's lists; batches should use :meth:`StreamedSet.batch`)."""
-
-    def __init__(self, data: StreamedSet, field: str) -> None:
-        self.data, self.field = data, field
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> list[int]:
-        return getattr(self.data.encoded([i])[0], self.field)
 
 
 class _Ids:
