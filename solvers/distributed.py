@@ -1,20 +1,38 @@
-"""ScaleBiO on several processes with DeepSpeed ZeRO (stage 2 or 3): u and w are each a DeepSpeed engine.
+"""ScaleBiO on several processes with DeepSpeed ZeRO: u and w are each a DeepSpeed engine, and the loop and the
+step are the single-process ones (:func:`solvers.scalebio.fit` with :class:`DeepSpeedEngine`).
 
 Run every rank under ``torchrun`` (or the ``deepspeed`` launcher); on CPU set ``DS_ACCELERATOR=cpu`` (gloo is
 used). Every rank draws the same global batch from identically seeded samplers and trains on its own slice
-``rows[rank::world]``; the estimators are those of the global batch (ALGORITHMS.md §2.1, the research4pan form):
-
-- per-source counts c_s are summed over ranks (all-reduce), and each rank's weighted loss is
-  ``world · Σ_s p_s · (local loss sum of source s) / c_s``, so the engines' gradient *average* over ranks is the
-  gradient of the global-batch L2;
-- the target loss is each rank's NLL sum over the global number of response tokens, times ``world``;
-- the source logits λ are replicated: each rank computes its slice's share of α·p·(ℓ̄_w − ℓ̄_u), the gradients
-  are summed by all-reduce, and every rank takes the same AdamW step, so λ stays identical everywhere.
+``rows[rank::world]``; the estimators are those of the global batch (:func:`solvers.scalebio.step.accumulate_grads`:
+per-source counts and target tokens are summed over ranks, each rank's losses are scaled so that the engines'
+gradient average is the global-batch gradient, λ's gradient is all-reduced and every rank takes the same AdamW
+step, so λ stays identical everywhere). Only the reductions, the backward and the optimizer step differ from one
+process; everything else (LISA, the LoRA lower level, α stages, bf16 autocast on CUDA, the NaN stop, periodic and
+Ctrl-C checkpoints, resume) is the same code.
 
 u and w each get their own ``torch.optim.AdamW`` (passed in with ``zero_allow_untested_optimizer``, which avoids
-compiling DeepSpeed's fused_adam), ``gradient_clipping`` of ``grad_clip`` (u) and ``alpha · grad_clip`` (w).
-Only rank 0 should write results (:func:`is_writer`). Not supported here: LISA (ZeRO partitions what trains at
-initialisation), ``lower_level="lora"``, growing α (``stages > 1``), bf16 autocast and checkpoints.
+compiling DeepSpeed's fused_adam) and ``gradient_clipping`` of ``grad_clip`` (u) and ``α·grad_clip`` (w).
+
+What ZeRO cannot do natively, and what this module does instead:
+
+- **LISA** (ZeRO-1/2). ZeRO partitions what trains when the engine is built, so every LISA draw rebuilds both
+  engines over the new active set (as LMFlow's LISA trainer re-creates its DeepSpeed optimizer on each switch).
+  The AdamW moments of the parameters that keep training (embeddings, head, blocks drawn again) are carried over
+  through DeepSpeed's tensor-fragment API (``safe_get/set_full_optimizer_state``), grouped by their step count so
+  bias correction matches one process; the frozen blocks' moments are dropped (``lisa_release_state``), so each
+  rank holds fp32 copies, gradients and moments of the active blocks only. ZeRO-3 partitions every parameter at
+  build time and is refused with LISA, as is ``lisa_release_state=False``.
+- **α stages.** A new stage rebuilds both engines (w's clipping follows α, and the moments reset as on one process).
+- **LoRA** (ZeRO-0/1/2). u and w are engines over the two adapter views of one shared, frozen base (held whole
+  on every rank); only the adapters are partitioned. ZeRO-3 would partition the base twice and is refused.
+- **w's two losses** (α·L2 and L1) are backpropagated together (one ``engine.backward`` per step and engine),
+  so both of w's graphs are alive at once, unlike one process's two backward passes.
+- **Checkpoints** are DeepSpeed's own format, one folder per engine (``deepspeed/u``, ``deepspeed/w``, tag
+  ``step<N>``), plus rank 0's ``scalebio.pt`` with λ, its optimizer, the samplers, RNG states, LISA's draw, the
+  engines' parameter groups and the trajectory; ``scalebio.pt`` is written last and atomically, so a kill at any
+  moment leaves the previous complete checkpoint. The folder must be one every rank sees.
+- A **non-finite gradient** norm is found after DeepSpeed's step (it clips inside it); the run then stops with
+  :class:`~solvers.scalebio.step.NonFiniteLossError` and the last checkpoint on disk is the last good state.
 
 A user's own DeepSpeed config (``ds_config``; ``curate reweight --deepspeed-config FILE``) is the base of both
 engines' configs (:func:`engine_config`): its ZeRO offload, bucket and precision settings are kept; curate sets
@@ -29,30 +47,24 @@ deepspeed is optional (``pip install 'curate[deepspeed]'``); this is the only mo
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import os
-import time
+import shutil
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from solvers.lm import IGNORE, label_rows, token_losses
-from solvers.scalebio import schedule
+from solvers.scalebio import checkpoint, schedule
 from solvers.scalebio.config import ScaleBiOConfig
-from solvers.scalebio.loop import (
-    BatchSampler,
-    ScaleBiOResult,
-    _check_inputs,
-    _result,
-    _row,
-    _Run,
-    enable_checkpointing,
-)
-from solvers.scalebio.simplex import weights
-from solvers.scalebio.step import NonFiniteLossError, SolverState
+from solvers.scalebio.engine import Batch, Engine
+from solvers.scalebio.lisa import Lisa
+from solvers.scalebio.loop import BatchSampler, ScaleBiOResult, enable_checkpointing, fit, lora_spec
+from solvers.scalebio.step import NonFiniteLossError, SolverState, set_lr
 
 
 def init(backend: str = "gloo") -> tuple[int, int]:
@@ -164,14 +176,6 @@ def _auto_keys(node: Mapping[str, Any], prefix: str = "") -> list[str]:
     return found
 
 
-def _engine(model: nn.Module, lr: float, weight_decay: float, config: dict[str, Any]) -> Any:
-    import deepspeed
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    return engine
-
-
 def _copy(model: nn.Module, checkpointing: bool) -> nn.Module:
     """An independent copy of the base model for u or w, in train mode (the training passes run so whatever mode
     ``model`` arrived in; the target pass switches by ``eval_mode``), with gradient checkpointing when asked for."""
@@ -181,132 +185,277 @@ def _copy(model: nn.Module, checkpointing: bool) -> nn.Module:
     return copied
 
 
-def _set_lr(engine: Any, lr: float) -> None:
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+def _local_device() -> torch.device:
+    """This rank's accelerator (``cuda:LOCAL_RANK``), or the CPU under ``DS_ACCELERATOR=cpu``."""
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accel.device_name() == "cpu":
+        return torch.device("cpu")
+    return torch.device(accel.device_name(int(os.environ.get("LOCAL_RANK", "0"))))
 
 
-def _sum(t: torch.Tensor) -> torch.Tensor:
-    t = t.clone()
-    dist.all_reduce(t)
-    return t
+class DeepSpeedEngine(Engine):
+    """The ranks of a torchrun job, u and w as DeepSpeed ZeRO engines (see the module docstring)."""
+
+    def __init__(self, zero_stage: int | None = None, ds_config: Mapping[str, Any] | None = None) -> None:
+        self.stage = zero_stage_of(ds_config, zero_stage)
+        if self.stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0..3, got {self.stage}")
+        self.user = ds_config
+        self.rank, self.world = init()
+        self.modules: list[nn.Module] = []  # u's and w's modules
+        self.engines: list[Any] = [None, None]  # their engines, once built
+        self.groups: list[list[list[str]]] = [[], []]  # per model: its optimizer's groups, as parameter names
+        self.alpha = 0.0
+        self._pending: dict[int, torch.Tensor] = {}
+
+    # -- reductions and the step ------------------------------------------------------------------------------
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    def sum_grad_(self, t: torch.Tensor) -> None:
+        dist.all_reduce(t)
+
+    def shard(self, batch: Batch) -> Batch:
+        return {k: v[self.rank::self.world] if isinstance(v, torch.Tensor) and v.dim() else v
+                for k, v in batch.items()}
+
+    def zero_grad(self, model: nn.Module) -> None:
+        """Nothing: DeepSpeed zeroes the gradients in its step."""
+
+    def backward(self, model: nn.Module, loss: torch.Tensor, final: bool = True) -> None:
+        """One ``engine.backward`` per engine and step: earlier losses are held and added to the final one."""
+        held = self._pending.pop(id(model), None)
+        if not final:
+            self._pending[id(model)] = loss if held is None else held + loss
+            return
+        model.backward(loss if held is None else held + loss)  # type: ignore[operator]
+
+    def update(self, items: Any, lr: float, step: int) -> list[float]:
+        """Step each engine at ``lr`` (DeepSpeed clips inside); returns their pre-clip global norms.
+
+        Raises:
+            NonFiniteLossError: a norm is NaN/inf (after the step; see the module docstring).
+        """
+        norms = []
+        for engine, _, _ in items:
+            set_lr(engine.optimizer, lr)
+            engine.step()
+            norm = engine.get_global_grad_norm()
+            norms.append(math.nan if norm is None else float(norm))
+            if norm is not None and not math.isfinite(float(norm)):
+                raise NonFiniteLossError(step, "gradient", updated=True)
+        return norms
+
+    # -- building and rebuilding u and w --------------------------------------------------------------------
+    def init_state(self, model: nn.Module, n_sources: int, cfg: ScaleBiOConfig, consume: bool) -> SolverState:
+        self.cfg, self.alpha = cfg, cfg.alpha
+        spec = lora_spec(cfg)
+        if spec is not None:
+            from solvers.scalebio.lora import lora_pair
+
+            u_mod, w_mod = lora_pair(model, spec, consume=consume)
+            u_mod.train()
+            w_mod.train()
+            if cfg.gradient_checkpointing:
+                enable_checkpointing(u_mod, w_mod)
+        else:
+            w_mod = _copy(model, cfg.gradient_checkpointing)
+            u_mod = model.train() if consume else _copy(model, cfg.gradient_checkpointing)
+            if consume and cfg.gradient_checkpointing:
+                enable_checkpointing(u_mod)
+        self.modules = [u_mod, w_mod]
+        device = next(model.parameters()).device
+        logits = torch.zeros(n_sources, dtype=torch.float32, device=device, requires_grad=True)
+        opt_lambda = torch.optim.AdamW([logits], lr=cfg.lr_lambda, weight_decay=cfg.lambda_weight_decay)
+        if cfg.lisa:  # the engines are built at the first draw, over its active blocks only
+            return SolverState(u_mod, w_mod, logits, None, None, opt_lambda)  # type: ignore[arg-type]
+        u, w = self.engines = [self._build(i, [self._trainable(i)]) for i in (0, 1)]
+        return SolverState(u, w, logits, u.optimizer, w.optimizer, opt_lambda)
+
+    def make_lisa(self, state: SolverState, cfg: ScaleBiOConfig) -> Lisa | None:
+        if not cfg.lisa:
+            return None
+        return Lisa(self.modules, cfg.lisa_layers, cfg.lisa_period, cfg.seed, cfg.lisa_release_state)
+
+    def new_stage(self, state: SolverState, alpha: float) -> None:
+        """Rebuild u and w: w's clipping follows α, and the moments start afresh as on one process."""
+        self.alpha = alpha
+        state.opt_lambda.state.clear()
+        self._replace(state, [[self._trainable(i)] for i in (0, 1)], carry=False)
+
+    def redraw(self, lisa: Lisa, state: SolverState, step: int) -> None:
+        """Draw new blocks and rebuild u and w over them, carrying the moments of what keeps training."""
+        lisa.redraw()
+        self._replace(state, None, carry=True)
+
+    def _trainable(self, i: int) -> list[str]:
+        return [n for n, p in self.modules[i].named_parameters() if p.requires_grad]
+
+    def _replace(self, state: SolverState, groups: list[list[list[str]]] | None, carry: bool) -> None:
+        """Tear down u's and w's engines (if built) and build them over what trains now. With ``carry``, the
+        AdamW state of every parameter that trained before and still trains moves to the new engine."""
+        built, engines = self.engines, []
+        for i, old in enumerate(built):
+            kept: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
+            if old is not None and carry:
+                kept = self._moments(i, old, set(self._trainable(i)))
+            if old is not None:
+                self._destroy(i, old)
+            if groups is not None:
+                model_groups = groups[i]
+            else:  # by step count, oldest first, so each group's bias correction is its parameters'
+                ages = sorted({age for age, _, _ in kept.values()} | {0}, reverse=True)
+                model_groups = [[n for n in self._trainable(i) if kept.get(n, (0,))[0] == age] for age in ages]
+                model_groups = [g for g in model_groups if g]
+            engines.append(self._build(i, model_groups, kept))
+        self.engines = engines
+        state.u, state.w = engines
+        state.opt_u, state.opt_w = engines[0].optimizer, engines[1].optimizer
+
+    def _moments(self, i: int, engine: Any, still: set[str]) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
+        """Full (gathered) AdamW moments and step count of each of model i's parameters in ``still`` (empty if the
+        engine has not stepped since it was built)."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        inner = _inner(engine)
+        if not inner.state:
+            return {}
+        _link(engine)
+        steps = [int(inner.state[g["params"][0]]["step"]) for g in inner.param_groups]
+        params = dict(self.modules[i].named_parameters())
+        out = {}
+        for g, names in enumerate(self.groups[i]):
+            for name in names:
+                if name in still:
+                    p = params[name]
+                    out[name] = (steps[g], safe_get_full_optimizer_state(p, "exp_avg").clone(),
+                                 safe_get_full_optimizer_state(p, "exp_avg_sq").clone())
+        return out
+
+    def _destroy(self, i: int, engine: Any) -> None:
+        """Drop an engine and free its flat buffers: the parameters stop being views into them."""
+        engine.destroy()
+        for p in self.modules[i].parameters():
+            p.data = p.data.clone()
+        del engine
+        gc.collect()
+
+    def _build(self, i: int, groups: list[list[str]],
+               kept: Mapping[str, tuple[int, torch.Tensor, torch.Tensor]] | None = None) -> Any:
+        import deepspeed
+
+        cfg = self.cfg
+        params = dict(self.modules[i].named_parameters())
+        optimizer = torch.optim.AdamW([{"params": [params[n] for n in g]} for g in groups], lr=cfg.lr_model,
+                                      weight_decay=cfg.weight_decay)
+        config = engine_config(self.user, micro_batch=math.ceil(cfg.batch_size / self.world), world=self.world,
+                               grad_clip=cfg.grad_clip, clip_scale=1.0 if i == 0 else self.alpha,
+                               zero_stage=self.stage)
+        engine, _, _, _ = deepspeed.initialize(model=self.modules[i], optimizer=optimizer, config=config)
+        self.groups[i] = [list(g) for g in groups]
+        if kept:
+            _set_moments(engine, groups, params, kept)
+        return engine
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str], payload: dict[str, Any], state: SolverState) -> None:
+        """Every rank writes its engines' shards (DeepSpeed's format), then rank 0 commits ``scalebio.pt``."""
+        root, tag = Path(directory), f"step{payload['step']}"
+        for name, engine in (("u", state.u), ("w", state.w)):
+            engine.save_checkpoint(str(root / "deepspeed" / name), tag=tag, save_latest=False)
+        dist.barrier()
+        if self.writer:
+            checkpoint.save(root, {**payload, "deepspeed": {"tag": tag, "groups": self.groups,
+                                                            "alpha": self.alpha}})
+            for name in ("u", "w"):
+                for old in (root / "deepspeed" / name).iterdir():
+                    if old.name != tag:
+                        shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def load(self, directory: str | os.PathLike[str], state: SolverState, lisa: Lisa | None,
+             check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        ck = checkpoint.load(directory)
+        check(ck)
+        meta = ck.get("deepspeed")
+        if meta is None:
+            raise ValueError(f"{checkpoint.path(directory)} was written by a single-process run; resume it "
+                             "without the DeepSpeed launcher")
+        if lisa is not None:
+            lisa.load_state_dict(ck["lisa"])
+        self.alpha = float(meta["alpha"])
+        self._replace(state, meta["groups"], carry=False)
+        root = Path(directory) / "deepspeed"
+        for name, engine in (("u", state.u), ("w", state.w)):
+            path, _ = engine.load_checkpoint(str(root / name), tag=meta["tag"], load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint {meta['tag']} in {root / name}")
+        return ck
 
 
-def _shard(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
-    return {k: v[rank::world] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def _inner(engine: Any) -> torch.optim.Optimizer:
+    """The torch AdamW inside an engine's ZeRO optimizer (the engine's own optimizer at stage 0)."""
+    opt = engine.optimizer
+    return getattr(opt, "optimizer", opt)
+
+
+def _link(engine: Any) -> None:
+    """Point every parameter's tensor fragment at its slice of the flat AdamW moments. ZeRO-1/2 do this only after
+    their first step and not after ``load_checkpoint`` (DeepSpeed 0.19), while the fragment API needs it."""
+    opt = engine.optimizer
+    if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
+
+
+def _set_moments(engine: Any, groups: list[list[str]], params: Mapping[str, nn.Parameter],
+                 kept: Mapping[str, tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+    """Give a fresh engine the carried AdamW state: each group's step count and its parameters' moments (zero
+    for parameters that just joined), laid out as torch's AdamW would have created them."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    inner = _inner(engine)
+    for g, group in zip(groups, inner.param_groups, strict=True):
+        age = kept[g[0]][0] if g[0] in kept else 0
+        for flat in group["params"]:
+            inner.state[flat] = {"step": torch.tensor(float(age)), "exp_avg": torch.zeros_like(flat),
+                                 "exp_avg_sq": torch.zeros_like(flat)}
+    _link(engine)
+    for name, (_, exp_avg, exp_avg_sq) in kept.items():
+        safe_set_full_optimizer_state(params[name], exp_avg, "exp_avg")
+        safe_set_full_optimizer_state(params[name], exp_avg_sq, "exp_avg_sq")
 
 
 def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOConfig, *,
                     zero_stage: int | None = None, ds_config: Mapping[str, Any] | None = None,
-                    on_step: Callable[[dict[str, float]], None] | None = None) -> ScaleBiOResult:
+                    on_step: Callable[[dict[str, float]], None] | None = None,
+                    checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False) -> ScaleBiOResult:
     """:func:`solvers.scalebio.fit` across the ranks of a torchrun job (call it on every rank, same arguments).
 
     Returns the same result on every rank (weights, averaged weights, trajectory of global-batch statistics);
-    ``model`` of the result is w's module (under ZeRO-3 its parameters are partitioned across ranks).
+    ``model`` of the result is w's engine (under ZeRO-3 its parameters are partitioned across ranks).
     ``ds_config`` is the user's DeepSpeed config (offload, buckets, ...), merged by :func:`engine_config`;
-    ``zero_stage`` overrides its ``zero_optimization.stage`` (default: that stage, else 2).
+    ``zero_stage`` overrides its ``zero_optimization.stage`` (default: that stage, else 2). ``model`` is moved
+    to this rank's device first.
 
     Raises:
-        ValueError: an unsupported config (see the module docstring), a ``ds_config`` key curate owns, or a global
-            batch smaller than the world.
-        NonFiniteLossError: a global loss became NaN/inf.
+        ValueError: an unsupported combination (LISA or LoRA under ZeRO-3, LISA at stage 0, LISA without state
+            release), a ``ds_config`` key curate owns, or a global batch smaller than the world.
+        NonFiniteLossError: a global loss or gradient became NaN/inf.
+        KeyboardInterrupt: after the checkpoint of the last completed step (every rank stops at the same step).
     """
-    stage = zero_stage_of(ds_config, zero_stage)
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"zero_stage must be 0..3, got {stage}")
-    for bad, what in ((cfg.lisa, "lisa"), (cfg.lower_level != "full", "lower_level='lora'"),
-                      (cfg.stages > 1 and cfg.tau != 1, "growing alpha (stages > 1)"),
-                      (cfg.autocast_bf16, "autocast_bf16")):
+    engine = DeepSpeedEngine(zero_stage, ds_config)
+    for bad, what in ((cfg.lisa and engine.stage in (0, 3), f"LISA under ZeRO-{engine.stage} (use --zero 1 or 2)"),
+                      (cfg.lisa and not cfg.lisa_release_state, "lisa_release_state=False"),
+                      (cfg.lower_level == "lora" and engine.stage == 3, "lower_level='lora' under ZeRO-3 (use --zero 2)")):
         if bad:
-            raise ValueError(f"the DeepSpeed engine does not support {what}; run single-process")
-    rank, world = init()
-    device = next(model.parameters()).device
-    sources = list(train.data.sources)
-    _check_inputs(train, val, cfg, sources, device)
-    if min(cfg.batch_size, cfg.val_batch_size) < world:
-        raise ValueError(f"batch_size and val_batch_size must be >= the {world} ranks")
-    k = len(sources)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        u, w = (_engine(_copy(model, cfg.gradient_checkpointing), cfg.lr_model, cfg.weight_decay,
-                        engine_config(ds_config, micro_batch=math.ceil(cfg.batch_size / world), world=world,
-                                      grad_clip=cfg.grad_clip, clip_scale=scale, zero_stage=stage))
-                for scale in (1.0, cfg.alpha))  # u clips at grad_clip, w at alpha * grad_clip
-        logits = torch.zeros(k, dtype=torch.float32, requires_grad=True)
-        opt_lambda = torch.optim.AdamW([logits], lr=cfg.lr_lambda, weight_decay=cfg.lambda_weight_decay)
-        state = SolverState(u, w, logits, u.optimizer, w.optimizer, opt_lambda)
-        run = _Run(state, None, train, val, sources, cfg)
-        while run.step < cfg.steps:
-            row = _step(run, rank, world)
-            if on_step is not None:
-                on_step(row)
-    return _result(run)
-
-
-def _step(run: _Run, rank: int, world: int) -> dict[str, float]:
-    """One Jacobi update of u, w and λ on this rank's slice of the global batches."""
-    cfg, t, s = run.cfg, run.step, run.state
-    u: Any = s.u  # DeepSpeed engines
-    w: Any = s.w
-    k = len(run.sources)
-    started = time.perf_counter()
-    alpha, lr_scale = schedule.alpha(t, cfg), schedule.lr_scale(t, cfg)
-    full_train, full_val = run.train.next(), run.val.next()
-    train, val = _shard(full_train, rank, world), _shard(full_val, rank, world)
-    p = weights(s.logits)
-    ids = train["source_ids"]
-    # c_s over the global batch, counting only rows with a label token (objective.source_means)
-    counts = _sum(torch.zeros(k).index_add(0, ids, label_rows(train).float())).clamp_min(1)
-    tokens = _sum((val["labels"][:, 1:] != IGNORE).sum().float()).clamp_min(1)
-
-    def local_sums(engine: Any) -> torch.Tensor:
-        nll, valid = token_losses(engine, train)
-        per_example = nll.sum(1) / valid.sum(1).clamp_min(1)
-        return torch.zeros(k, dtype=per_example.dtype).index_add(0, ids, per_example)
-
-    sums_u = local_sums(u)
-    lbar_u = _finite(_sum(sums_u.detach()) / counts, t)
-    u.backward(world * (p.detach() @ (sums_u / counts)))
-    sums_w = local_sums(w)
-    lbar_w = _finite(_sum(sums_w.detach()) / counts, t)
-    was = w.module.training
-    w.module.train(not cfg.eval_mode)
-    nll, _ = token_losses(w, val)
-    w.module.train(was)
-    target = _finite(_sum(nll.sum().detach()) / tokens, t)
-    w.backward(world * (alpha * (p.detach() @ (sums_w / counts)) + nll.sum() / tokens))
-    s.logits.grad = None
-    (alpha * (p @ ((sums_w - sums_u).detach() / counts))).backward()
-    grad = s.logits.grad
-    assert grad is not None
-    dist.all_reduce(grad)  # each rank held its slice's share
-    norm_lambda = float(grad.norm())
-    _finite(grad, t)
-    for engine in (u, w):
-        _set_lr(engine, lr_scale * cfg.lr_model)
-        engine.step()
-    for group in s.opt_lambda.param_groups:
-        group["lr"] = lr_scale * cfg.lr_lambda
-    s.opt_lambda.step()
-    p = p.detach()
-    metrics = {"p": p.tolist(), "loss_u": lbar_u.tolist(), "loss_w": lbar_w.tolist(), "target_loss": float(target),
-               "gap": float(p @ (lbar_w - lbar_u)), "grad_norm_u": _norm(u), "grad_norm_w": _norm(w),
-               "grad_norm_lambda": norm_lambda,
-               "tokens": int(full_train["attention_mask"].sum() + full_val["attention_mask"].sum())}
-    present = torch.bincount(full_train["source_ids"], minlength=k).tolist()
-    row = _row(run.sources, metrics, present, time.perf_counter() - started)
-    row = {"step": t, "stage": schedule.stage(t, cfg), "alpha": alpha, "lr_scale": lr_scale, **row}
-    run.trajectory.append(row)
-    run.step += 1
-    return row
-
-
-def _norm(engine: Any) -> float:
-    norm = engine.get_global_grad_norm()
-    return math.nan if norm is None else float(norm)
-
-
-def _finite(x: torch.Tensor, step: int) -> torch.Tensor:
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteLossError(step)
-    return x
+            raise ValueError(f"the DeepSpeed engine does not support {what}")
+    if min(cfg.batch_size, cfg.val_batch_size) < engine.world:
+        raise ValueError(f"batch_size and val_batch_size must be >= the {engine.world} ranks")
+    return fit(model.to(_local_device()), train, val, cfg, on_step=on_step, checkpoint_dir=checkpoint_dir,
+               resume=resume, engine=engine)

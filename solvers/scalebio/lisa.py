@@ -33,6 +33,10 @@ class Lisa:
         self.generator = torch.Generator().manual_seed(seed)
         self.active: list[list[int]] = [list(range(len(b))) for b in self.blocks]
 
+    def due(self, step: int) -> bool:
+        """Whether ``step`` draws new blocks (a multiple of the period)."""
+        return step % self.period == 0
+
     def maybe_redraw(self, step: int, optimizers: Sequence[torch.optim.Optimizer] = ()) -> bool:
         """Redraw the active blocks if ``step`` is a multiple of the period; returns whether it did.
 
@@ -46,18 +50,25 @@ class Lisa:
         if self.release_state and len(optimizers) != len(self.blocks):
             raise ValueError(f"Lisa(release_state=True) needs one optimizer per model ({len(self.blocks)}), "
                              f"got {len(optimizers)}")
-        if step % self.period:
+        if not self.due(step):
             return False
+        self.redraw()
+        if self.release_state:
+            for frozen, opt in zip(self.frozen_params(), optimizers, strict=True):
+                for param in frozen:
+                    opt.state.pop(param, None)
+        return True
+
+    def redraw(self) -> None:
+        """Draw each model's active blocks anew and apply the freezing."""
         self.active = [sorted(torch.randperm(len(b), generator=self.generator, device="cpu")[: self.n_active].tolist())
                        for b in self.blocks]
         self.apply()
-        if self.release_state:
-            for blocks, active, opt in zip(self.blocks, self.active, optimizers, strict=True):
-                for i, block in enumerate(blocks):
-                    if i not in active:
-                        for param in block.parameters():
-                            opt.state.pop(param, None)
-        return True
+
+    def frozen_params(self) -> list[list[nn.Parameter]]:
+        """Per model, the parameters of its blocks that are frozen in the current draw."""
+        return [[p for i, block in enumerate(blocks) if i not in active for p in block.parameters()]
+                for blocks, active in zip(self.blocks, self.active, strict=True)]
 
     def apply(self) -> None:
         """Set ``requires_grad`` on every block from the current draw."""

@@ -33,9 +33,10 @@ from solvers.data import SourceSampler, TokenizedSet
 from solvers.lm import per_example_loss, token_mean_loss
 from solvers.scalebio import checkpoint, schedule
 from solvers.scalebio.config import ScaleBiOConfig
+from solvers.scalebio.engine import LOCAL, Engine
 from solvers.scalebio.lisa import Lisa
 from solvers.scalebio.simplex import effective_sources, entropy, named, weights
-from solvers.scalebio.step import LossFn, SolverState, init_state, scalebio_step
+from solvers.scalebio.step import LossFn, SolverState, scalebio_step
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class _Run:
     val: BatchSampler
     sources: list[str]
     cfg: ScaleBiOConfig
+    engine: Engine = LOCAL
     trajectory: list[dict[str, float]] = field(default_factory=list)
     step: int = 0
     in_step: bool = False
@@ -124,7 +126,8 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
         on_step: Callable[[dict[str, float]], None] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
         per_example_loss_fn: LossFn = per_example_loss,
-        target_loss_fn: LossFn = token_mean_loss, consume: bool = False) -> ScaleBiOResult:
+        target_loss_fn: LossFn = token_mean_loss, consume: bool = False,
+        engine: Engine = LOCAL) -> ScaleBiOResult:
     """Learn source weights by ScaleBiO (ALGORITHMS.md §2): penalty-based first-order bilevel optimisation.
 
     ``model`` is not modified: u and w are independent deep copies of it. With ``consume=True`` u trains
@@ -142,6 +145,9 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
         resume: continue from the checkpoint in ``checkpoint_dir``.
         per_example_loss_fn: ``(model, batch) -> [B]`` training losses; response-token-mean NLL by default.
         target_loss_fn: ``(model, batch) -> scalar`` target loss; token-mean NLL by default.
+        consume: see above.
+        engine: where it runs: one process (the default) or :class:`solvers.distributed.DeepSpeedEngine` on every
+            rank of a torchrun job; the loop, the step and the checkpoints' contents are the same.
 
     Returns:
         Final and averaged weights, the trajectory, diagnostics and the final w model.
@@ -155,20 +161,15 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
     """
     device = next(model.parameters()).device
     sources = list(train.data.sources)
-    _check_inputs(train, val, cfg, sources, device)
+    check_inputs(train, val, cfg, sources, device)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
-    state = init_state(model, len(sources), cfg.lr_model, cfg.lr_lambda, cfg.weight_decay,
-                       cfg.lambda_weight_decay, lora=_lora_spec(cfg), consume=consume)
-    if cfg.gradient_checkpointing:
-        enable_checkpointing(state.u, state.w)
-    lisa = (Lisa([state.u, state.w], cfg.lisa_layers, cfg.lisa_period, cfg.seed, cfg.lisa_release_state)
-            if cfg.lisa else None)
-    run = _Run(state, lisa, train, val, sources, cfg)
+    state = engine.init_state(model, len(sources), cfg, consume)
+    run = _Run(state, engine.make_lisa(state, cfg), train, val, sources, cfg, engine)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         if resume:
-            _restore(run, checkpoint.load(checkpoint_dir))  # type: ignore[arg-type]
+            _restore(run, checkpoint_dir)  # type: ignore[arg-type]
             log.info("resumed ScaleBiO from %s at step %d", checkpoint_dir, run.step)
         with _deferred_sigint() as interrupted:
             try:
@@ -177,18 +178,27 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
                     if on_step is not None:
                         on_step(row)
                     if checkpoint_dir is not None and _due(run.step, cfg.checkpoint_every):
-                        checkpoint.save(checkpoint_dir, _snapshot(run))
-                    if interrupted():
+                        _save(run, checkpoint_dir)
+                    if _agree(engine, interrupted()):
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 _save_on_interrupt(run, checkpoint_dir)
                 raise
         if checkpoint_dir is not None:
-            checkpoint.save(checkpoint_dir, _snapshot(run))
+            _save(run, checkpoint_dir)
     return _result(run)
 
 
-def _lora_spec(cfg: ScaleBiOConfig) -> Any:
+def _agree(engine: Engine, flag: bool) -> bool:
+    """Whether any rank saw the flag (a Ctrl-C reaches the ranks at different moments; all must stop after the
+    same step so their checkpoint is one state)."""
+    if engine.world == 1:
+        return flag
+    return bool(engine.sum(torch.tensor(float(flag))) > 0)
+
+
+def lora_spec(cfg: ScaleBiOConfig) -> Any:
+    """The adapters' settings under ``lower_level="lora"``, else None."""
     if cfg.lower_level != "lora":
         return None
     from solvers.lora import LoraSpec
@@ -204,22 +214,23 @@ def _due(step: int, every: int) -> bool:
 def _advance(run: _Run, device: torch.device, per_example_loss_fn: LossFn,
              target_loss_fn: LossFn) -> dict[str, float]:
     """Run step ``run.step``, append its row and count it; ``run.in_step`` marks a half-done step."""
-    cfg, t = run.cfg, run.step
+    cfg, t, engine = run.cfg, run.step, run.engine
     run.in_step = True
     started = time.perf_counter()
-    if t > 0 and schedule.stage(t, cfg) != schedule.stage(t - 1, cfg):
-        _reset_moments(run.state)
-    if run.lisa is not None:
-        run.lisa.maybe_redraw(t, [run.state.opt_u, run.state.opt_w])
-    train_batch, val_batch = _to(run.train.next(), device), _to(run.val.next(), device)
     alpha, lr_scale = schedule.alpha(t, cfg), schedule.lr_scale(t, cfg)
+    if t > 0 and schedule.stage(t, cfg) != schedule.stage(t - 1, cfg):
+        engine.new_stage(run.state, alpha)
+    if run.lisa is not None and run.lisa.due(t):
+        engine.redraw(run.lisa, run.state, t)
+    full_train, full_val = run.train.next(), run.val.next()
+    train_batch, val_batch = _to(engine.shard(full_train), device), _to(engine.shard(full_val), device)
     metrics = scalebio_step(
         run.state, train_batch, val_batch, alpha=alpha, lr_model=cfg.lr_model, lr_lambda=cfg.lr_lambda,
         lr_scale=lr_scale, grad_clip=cfg.grad_clip, n_sources=len(run.sources), step=t,
         per_example_loss_fn=per_example_loss_fn, target_loss_fn=target_loss_fn, eval_mode=cfg.eval_mode,
-        autocast_bf16=cfg.autocast_bf16,
+        autocast_bf16=cfg.autocast_bf16, engine=engine,
     )
-    present = torch.bincount(train_batch["source_ids"].cpu(), minlength=len(run.sources)).tolist()
+    present = torch.bincount(full_train["source_ids"].cpu(), minlength=len(run.sources)).tolist()
     row = _row(run.sources, metrics, present, time.perf_counter() - started)
     row = {"step": t, "stage": schedule.stage(t, cfg), "alpha": alpha, "lr_scale": lr_scale, **row}
     run.trajectory.append(row)
@@ -240,41 +251,35 @@ def _row(sources: list[str], metrics: dict[str, Any], present: list[int], elapse
     return row
 
 
-def _reset_moments(state: SolverState) -> None:
-    """Forget the AdamW moments when α grows: the gradients of w and λ scale with α, and Adam's second moment
-    would otherwise remember the old scale for ~1/(1 − β2) steps, letting λ run ahead of u and w."""
-    for opt in (state.opt_u, state.opt_w, state.opt_lambda):
-        opt.state.clear()
-
-
-def _snapshot(run: _Run) -> dict[str, Any]:
+def _payload(run: _Run) -> dict[str, Any]:
+    """Everything of a checkpoint but the models and their optimizers (the engine writes those)."""
     s = run.state
     return {
         "version": 1, "config": run.cfg.to_dict(), "step": run.step, "sources": run.sources,
-        "u": s.u.state_dict(), "w": s.w.state_dict(), "logits": s.logits.detach().clone(),
-        "opt_u": s.opt_u.state_dict(), "opt_w": s.opt_w.state_dict(), "opt_lambda": s.opt_lambda.state_dict(),
+        "logits": s.logits.detach().clone(), "opt_lambda": s.opt_lambda.state_dict(),
         "rng": checkpoint.rng_state(), "lisa": run.lisa.state_dict() if run.lisa is not None else None,
         "train_sampler": run.train.state_dict(), "val_sampler": run.val.state_dict(),
         "trajectory": list(run.trajectory),
     }
 
 
-def _restore(run: _Run, ck: dict[str, Any]) -> None:
-    changed = checkpoint.config_mismatch(ck["config"], run.cfg.to_dict())
-    if changed:
-        raise ValueError(f"checkpoint was written with a different ScaleBiOConfig ({', '.join(changed)}); "
-                         "resume with the same config or start a new run")
-    if ck["sources"] != run.sources:
-        raise ValueError(f"checkpoint sources {ck['sources']} differ from the sampler's {run.sources}")
+def _save(run: _Run, directory: str | os.PathLike[str]) -> None:
+    run.engine.save(directory, _payload(run), run.state)
+
+
+def _restore(run: _Run, directory: str | os.PathLike[str]) -> None:
+    def check(ck: dict[str, Any]) -> None:
+        changed = checkpoint.config_mismatch(ck["config"], run.cfg.to_dict())
+        if changed:
+            raise ValueError(f"checkpoint was written with a different ScaleBiOConfig ({', '.join(changed)}); "
+                             "resume with the same config or start a new run")
+        if ck["sources"] != run.sources:
+            raise ValueError(f"checkpoint sources {ck['sources']} differ from the sampler's {run.sources}")
+
+    ck = run.engine.load(directory, run.state, run.lisa, check)
     s = run.state
-    s.u.load_state_dict(ck["u"])
-    s.w.load_state_dict(ck["w"])
     with torch.no_grad():
         s.logits.copy_(ck["logits"])
-    if run.lisa is not None:
-        run.lisa.load_state_dict(ck["lisa"])
-    s.opt_u.load_state_dict(ck["opt_u"])
-    s.opt_w.load_state_dict(ck["opt_w"])
     s.opt_lambda.load_state_dict(ck["opt_lambda"])
     run.train.load_state_dict(ck["train_sampler"])
     run.val.load_state_dict(ck["val_sampler"])
@@ -290,7 +295,7 @@ def _save_on_interrupt(run: _Run, checkpoint_dir: str | os.PathLike[str] | None)
         log.warning("interrupted inside step %d; kept the last periodic checkpoint in %s", run.step,
                     checkpoint_dir)
         return
-    checkpoint.save(checkpoint_dir, _snapshot(run))
+    _save(run, checkpoint_dir)
     log.warning("interrupted after step %d; checkpoint saved to %s", run.step, checkpoint_dir)
 
 
@@ -318,8 +323,13 @@ def _result(run: _Run) -> ScaleBiOResult:
     return ScaleBiOResult(named(p, run.sources), named(averaged, run.sources), rows, diagnostics, run.state.w)
 
 
-def _check_inputs(train: BatchSampler, val: BatchSampler, cfg: ScaleBiOConfig, sources: list[str],
-                  device: torch.device) -> None:
+def check_inputs(train: BatchSampler, val: BatchSampler, cfg: ScaleBiOConfig, sources: list[str],
+                 device: torch.device) -> None:
+    """Refuse samplers that disagree with ``cfg``, fewer than 2 (or repeated) sources, and bf16 off CUDA.
+
+    Raises:
+        ValueError: naming the field and the fix.
+    """
     if len(sources) < 2:
         raise ValueError(f"ScaleBiO weighs at least 2 sources, got {sources}")
     if len(set(sources)) != len(sources):

@@ -20,12 +20,27 @@ def source_means(per_example: torch.Tensor, source_ids: torch.Tensor, n_sources:
     the count: such a row's loss is a 0 that carries no signal, and counting it would make a source whose
     responses are truncated away look better the more of them are lost.
     """
+    return (source_sums(per_example, source_ids, n_sources, has_labels)
+            / source_counts(source_ids, n_sources, has_labels).clamp_min(1))
+
+
+def source_sums(per_example: torch.Tensor, source_ids: torch.Tensor, n_sources: int,
+                has_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ of each source's losses in the batch, ``[K]`` (fp32, or fp64 for fp64 losses); rows without a label
+    token count 0. Divided by the counts of the *global* batch (:func:`source_counts`, summed over ranks), a
+    rank's sums are its share of the global :func:`source_means`."""
     dtype = torch.float64 if per_example.dtype == torch.float64 else torch.float32
     losses = per_example.to(dtype)
     keep = torch.ones_like(losses) if has_labels is None else has_labels.to(dtype)
-    sums = torch.zeros(n_sources, dtype=dtype, device=losses.device).index_add(0, source_ids, losses * keep)
-    counts = torch.zeros(n_sources, dtype=dtype, device=losses.device).index_add(0, source_ids, keep)
-    return sums / counts.clamp_min(1)
+    return torch.zeros(n_sources, dtype=dtype, device=losses.device).index_add(0, source_ids, losses * keep)
+
+
+def source_counts(source_ids: torch.Tensor, n_sources: int, has_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """c_s: the batch's rows of each source that have a label token, ``[K]`` fp32 (exact for any batch size
+    below 2^24)."""
+    keep = (torch.ones(source_ids.shape, device=source_ids.device) if has_labels is None
+            else has_labels.to(torch.float32))
+    return torch.zeros(n_sources, dtype=torch.float32, device=source_ids.device).index_add(0, source_ids, keep)
 
 
 def weighted_source_loss(per_example: torch.Tensor, source_ids: torch.Tensor, p: torch.Tensor,

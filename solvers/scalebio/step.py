@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from solvers.device import bf16_autocast
-from solvers.lm import label_rows, per_example_loss, token_mean_loss
-from solvers.scalebio.objective import source_means
+from solvers.lm import IGNORE, label_rows, per_example_loss, token_mean_loss
+from solvers.scalebio.engine import LOCAL, Engine
+from solvers.scalebio.objective import source_counts, source_sums
 from solvers.scalebio.simplex import weights
 
 if TYPE_CHECKING:
@@ -41,12 +42,14 @@ pass."""
 class NonFiniteLossError(FloatingPointError):
     """A loss or gradient became NaN/inf; nothing was updated in that step."""
 
-    def __init__(self, step: int, what: str = "loss") -> None:
+    def __init__(self, step: int, what: str = "loss", updated: bool = False) -> None:
         self.step = step
+        done = ("the models were stepped before it was found (DeepSpeed clips inside its step), but"
+                if updated else "no parameter was updated in this step and")
         super().__init__(
-            f"non-finite {what} at step {step}: no parameter was updated in this step and no checkpoint was "
-            "written after it, so the last checkpoint on disk is the last good state. Lower lr_model / "
-            "lr_lambda, enable grad_clip, or check the data of that step."
+            f"non-finite {what} at step {step}: {done} no checkpoint was written after it, so the last "
+            "checkpoint on disk is the last good state. Lower lr_model / lr_lambda, enable grad_clip, or check "
+            "the data of that step."
         )
 
 
@@ -105,8 +108,16 @@ def init_state(model: nn.Module, n_sources: int, lr_model: float, lr_lambda: flo
 def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, alpha: float, n_sources: int,
                      *, step: int = 0,
                      per_example_loss_fn: LossFn = per_example_loss, target_loss_fn: LossFn = token_mean_loss,
-                     eval_mode: bool = True, autocast_bf16: bool = False) -> StepLosses:
+                     eval_mode: bool = True, autocast_bf16: bool = False, engine: Engine = LOCAL) -> StepLosses:
     """Write ∂surrogate/∂x into ``x.grad`` for x in u, w, λ (grads are reset first); no parameter changes.
+
+    On several ranks (``engine``), the batches are this rank's slices of the global batches and every estimator
+    is the global batch's (ALGORITHMS.md §2.1, the research4pan form): the per-source row counts c_s and the
+    target's label-token count are summed over ranks; each rank backpropagates ``world · Σ_s p_s · (its loss
+    sum of source s) / c_s``, so the engines' gradient *average* over ranks is the global-batch gradient; its
+    target loss enters with weight ``world · (its label tokens) / (all label tokens)``, which makes the global
+    L1 the token mean over the global batch for the default token-mean loss; λ's gradient is the sum of the
+    ranks' shares. With one process all of it is the identity.
 
     Args:
         state: models, logits and optimizers.
@@ -121,29 +132,54 @@ def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, a
             always run in train mode, whatever mode the models arrived in (``from_pretrained`` returns eval
             mode), and each model is left in the mode it had.
         autocast_bf16: run the model passes under CUDA bf16 autocast.
+        engine: where the step runs (:mod:`solvers.scalebio.engine`); one process by default.
 
     Raises:
-        NonFiniteLossError: a loss is NaN/inf (checked before its backward).
+        NonFiniteLossError: a (global) loss is NaN/inf (checked before its backward, on every rank alike).
     """
     for model in (state.u, state.w):
-        model.zero_grad(set_to_none=True)
+        engine.zero_grad(model)
     state.logits.grad = None
     p = weights(state.logits)
     source_ids, has_labels = train_batch["source_ids"], label_rows(train_batch)
+    counts = engine.sum(source_counts(source_ids, n_sources, has_labels)).clamp_min(1)
+    world = engine.world
     with bf16_autocast(autocast_bf16), _mode(state.u, train=True):
-        lbar_u = _group_scaled(_finite(source_means(per_example_loss_fn(state.u, train_batch), source_ids,
-                                                    n_sources, has_labels), step), train_batch)
-    (p.detach().to(lbar_u.dtype) @ lbar_u).backward()
+        share_u = _group_scaled(source_sums(per_example_loss_fn(state.u, train_batch), source_ids, n_sources,
+                                            has_labels) / counts, train_batch)
+    lbar_u = _finite(engine.sum(share_u.detach()), step)
+    engine.backward(state.u, _times(world, p.detach().to(share_u.dtype) @ share_u))
     with bf16_autocast(autocast_bf16), _mode(state.w, train=True):
-        lbar_w = _group_scaled(_finite(source_means(per_example_loss_fn(state.w, train_batch), source_ids,
-                                                    n_sources, has_labels), step), train_batch)
-    (alpha * (p.detach().to(lbar_w.dtype) @ lbar_w)).backward()
+        share_w = _group_scaled(source_sums(per_example_loss_fn(state.w, train_batch), source_ids, n_sources,
+                                            has_labels) / counts, train_batch)
+    lbar_w = _finite(engine.sum(share_w.detach()), step)
+    engine.backward(state.w, _times(world, alpha * (p.detach().to(share_w.dtype) @ share_w)), final=False)
     with bf16_autocast(autocast_bf16), _mode(state.w, train=not eval_mode):
-        target = _finite(target_loss_fn(state.w, val_batch), step)
-    target.backward()
-    lbar_u, lbar_w = lbar_u.detach(), lbar_w.detach()
-    (alpha * (p @ (lbar_w - lbar_u).to(p.dtype))).backward()
+        target_local = target_loss_fn(state.w, val_batch)
+    if world == 1:
+        target = _finite(target_local, step)
+        engine.backward(state.w, target)
+    else:
+        weight = world * _label_tokens(val_batch) / engine.sum(_label_tokens(val_batch)).clamp_min(1)
+        weighted = target_local * weight
+        target = _finite(engine.sum(weighted.detach()) / world, step)
+        engine.backward(state.w, weighted)
+    (alpha * (p @ (share_w - share_u).detach().to(p.dtype))).backward()
+    if state.logits.grad is not None:
+        engine.sum_grad_(state.logits.grad)  # each rank held its slice's share
     return StepLosses(p.detach(), lbar_u, lbar_w, target.detach())
+
+
+def _times(world: int, loss: torch.Tensor) -> torch.Tensor:
+    """``world · loss`` on several ranks (their gradients are averaged), ``loss`` itself on one."""
+    return loss if world == 1 else world * loss
+
+
+def _label_tokens(batch: Batch) -> torch.Tensor:
+    """The batch's label tokens (rows if it has no labels), as a float scalar for the target's share."""
+    if "labels" not in batch:
+        return torch.tensor(float(len(next(iter(batch.values())))))
+    return (batch["labels"][:, 1:] != IGNORE).sum().float()
 
 
 def _group_scaled(lbar: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -157,12 +193,13 @@ def scalebio_step(state: SolverState, train_batch: Batch, val_batch: Batch, *,
                   alpha: float, lr_model: float, lr_lambda: float, lr_scale: float = 1.0,
                   grad_clip: float | None = 1.0, n_sources: int, step: int = 0,
                   per_example_loss_fn: LossFn = per_example_loss, target_loss_fn: LossFn = token_mean_loss,
-                  eval_mode: bool = True, autocast_bf16: bool = False) -> dict[str, Any]:
+                  eval_mode: bool = True, autocast_bf16: bool = False, engine: Engine = LOCAL) -> dict[str, Any]:
     """One Jacobi update: gradients at the current point, clip, then one AdamW step each for u, w and λ.
 
     The learning rates are ``lr_scale · lr_model`` (u, w) and ``lr_scale · lr_lambda`` (λ). Clipping bounds
     ||∇u|| by ``grad_clip`` and ||∇w|| by ``alpha · grad_clip``. Other arguments are those of
-    :func:`accumulate_grads`.
+    :func:`accumulate_grads`; on several ranks the batches are this rank's slices and every metric is the
+    global batch's.
 
     Returns:
         Plain metrics of the pre-update point: ``p``, ``loss_u``, ``loss_w`` (per-source batch means, lists),
@@ -170,25 +207,32 @@ def scalebio_step(state: SolverState, train_batch: Batch, val_batch: Batch, *,
         ``tokens`` (non-padding tokens of B and V).
 
     Raises:
-        NonFiniteLossError: a loss or gradient norm is NaN/inf; then no parameter was updated.
+        NonFiniteLossError: a loss or gradient norm is NaN/inf; then no parameter was updated (on one process;
+            DeepSpeed clips inside its step, so there a non-finite model gradient is found after it).
     """
     losses = accumulate_grads(state, train_batch, val_batch, alpha, n_sources, step=step,
                               per_example_loss_fn=per_example_loss_fn, target_loss_fn=target_loss_fn,
-                              eval_mode=eval_mode, autocast_bf16=autocast_bf16)
-    norm_u = _clip(state.u.parameters(), grad_clip, step)
-    norm_w = _clip(state.w.parameters(), None if grad_clip is None else alpha * grad_clip, step)
-    norm_lambda = _clip([state.logits], None, step)
-    for opt, lr in ((state.opt_u, lr_model), (state.opt_w, lr_model), (state.opt_lambda, lr_lambda)):
-        for group in opt.param_groups:
-            group["lr"] = lr_scale * lr
-        opt.step()
+                              eval_mode=eval_mode, autocast_bf16=autocast_bf16, engine=engine)
+    norm_lambda = clip([state.logits], None, step)
+    norm_u, norm_w = engine.update([(state.u, state.opt_u, grad_clip),
+                                    (state.w, state.opt_w, None if grad_clip is None else alpha * grad_clip)],
+                                   lr_scale * lr_model, step)
+    set_lr(state.opt_lambda, lr_scale * lr_lambda)
+    state.opt_lambda.step()
+    tokens = engine.sum(torch.tensor(float(_tokens(train_batch) + _tokens(val_batch))))
     return {
         "p": losses.p.tolist(), "loss_u": losses.lbar_u.tolist(), "loss_w": losses.lbar_w.tolist(),
         "target_loss": float(losses.target_loss),
         "gap": float(losses.p @ (losses.lbar_w - losses.lbar_u).to(losses.p.dtype)),
         "grad_norm_u": norm_u, "grad_norm_w": norm_w, "grad_norm_lambda": norm_lambda,
-        "tokens": _tokens(train_batch) + _tokens(val_batch),
+        "tokens": int(tokens),
     }
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (the schedule scales all of them alike)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def _finite(loss: torch.Tensor, step: int) -> torch.Tensor:
@@ -197,7 +241,7 @@ def _finite(loss: torch.Tensor, step: int) -> torch.Tensor:
     return loss
 
 
-def _clip(params: Iterable[torch.Tensor], max_norm: float | None, step: int) -> float:
+def clip(params: Iterable[torch.Tensor], max_norm: float | None, step: int) -> float:
     """Pre-clip total gradient norm of ``params``, clipped in place to ``max_norm`` (None: no clipping).
 
     Raises:
