@@ -450,7 +450,7 @@ def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cf
         KeyboardInterrupt: after the checkpoint of the last completed step (every rank stops at the same step).
     """
     engine = DeepSpeedEngine(zero_stage, ds_config)
-    for bad, what in ((cfg.lisa and engine.stage in (0, 3), f"LISA under ZeRO-{engine.stage} (use --zero 1 or 2)"),
+    for bad, what in ((cfg.lisa and engine.stage in (0, 3), f"LISA under ZeRO-{engine.stage} (use --zero 2)"),
                       (cfg.lisa and not cfg.lisa_release_state, "lisa_release_state=False"),
                       (cfg.lower_level == "lora" and engine.stage == 3, "lower_level='lora' under ZeRO-3 (use --zero 2)")):
         if bad:

@@ -46,12 +46,18 @@ def _distributed(inputs: FitInputs, train: Any, val: Any) -> Any:
     from solvers.distributed import fit_distributed, shutdown
     from solvers.scalebio import NonFiniteLossError
 
+    checkpoints = inputs.run.checkpoints
     try:
         return fit_distributed(inputs.model, train, val, inputs.cfg, zero_stage=inputs.zero_stage,
-                               ds_config=inputs.ds_config, on_step=inputs.on_step)
+                               ds_config=inputs.ds_config, on_step=inputs.on_step, checkpoint_dir=checkpoints,
+                               resume=inputs.resume)
     except NonFiniteLossError as e:
-        raise ConfigError(f"{e}; lower lr_model or lr_lambda") from None
-    except ValueError as e:
+        raise ConfigError(f"{e}; the last good checkpoint is in {checkpoints} "
+                          "(lower lr_model or lr_lambda and use --resume)") from None
+    except KeyboardInterrupt:
+        raise Interrupted(f"checkpoint in {checkpoints}; continue with `curate reweight --resume "
+                          f"{inputs.run.root} --launcher deepspeed`") from None
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"scalebio: {e}") from None
     finally:
         shutdown()

@@ -124,7 +124,7 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path, var
 
 def test_lisa_under_zero3_is_refused_with_the_fix(tmp_path):
     res = launch(tmp_path / "x.json", "3", 1, variant="lisa", expect=1)
-    assert "LISA under ZeRO-3 (use --zero 1 or 2)" in res.stderr
+    assert "LISA under ZeRO-3 (use --zero 2)" in res.stderr
 
 
 def test_cli_launcher_matches_a_single_process_run(tmp_path):
