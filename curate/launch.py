@@ -3,7 +3,10 @@ torchrun's environment or starts processes.
 
 ``--launcher deepspeed --nproc N`` re-runs the same command on N ranks under torchrun: the parent checks
 everything first (a bad flag or DeepSpeed file costs one line and no processes), picks the run folder and waits;
-every rank trains; rank 0 alone writes the run folder and the database.
+every rank trains; rank 0 alone writes the run folder and the database. ScaleBiO's ranks run DeepSpeed ZeRO
+engines; a method that shards its pool (LESS: ``Method.shards_pool``) runs no engine: its ranks join a gloo
+group (:func:`join_ranks`), each scores a share of the pool, and they may resume a killed run (each rank stores
+its own finished chunks in ``RUN/checkpoints``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class Rank:
 
     rank: int = 0
     world: int = 1
+    local: int = 0
+    """``LOCAL_RANK``: which of this machine's GPUs the rank uses."""
     in_job: bool = False
     """Started by torchrun (``LOCAL_RANK`` set)."""
     run_dir: Path | None = None
@@ -47,8 +52,41 @@ def current_rank() -> Rank:
     """Read torchrun's environment once."""
     env = os.environ
     run_dir = env.get(_RUN_DIR_ENV)
-    return Rank(rank=int(env.get("RANK", "0")), world=int(env.get("WORLD_SIZE", "1")), in_job="LOCAL_RANK" in env,
+    return Rank(rank=int(env.get("RANK", "0")), world=int(env.get("WORLD_SIZE", "1")),
+                local=int(env.get("LOCAL_RANK", "0")), in_job="LOCAL_RANK" in env,
                 run_dir=Path(run_dir) if run_dir else None)
+
+
+def join_ranks() -> Rank:
+    """On a rank of a job whose method shards its pool: join torchrun's process group over gloo (what the ranks
+    exchange is small and goes through the host, on GPUs too); outside a job nothing. This process's rank."""
+    rank = current_rank()
+    if rank.in_job and rank.world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    return rank
+
+
+def leave_ranks() -> None:
+    """Wait for every rank, then leave the process group :func:`join_ranks` joined (no rank exits while another
+    still talks to it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def rank_device(device: str, rank: Rank) -> str:
+    """A plain ``cuda`` on rank ``r`` of a multi-rank job means the machine's GPU ``LOCAL_RANK`` (when there is
+    one); any other device is kept."""
+    if device != "cuda" or rank.world == 1:
+        return device
+    import torch
+
+    return f"cuda:{rank.local}" if rank.local < torch.cuda.device_count() else device
 
 
 @dataclass(frozen=True)
@@ -63,7 +101,8 @@ class Launch:
 
     @property
     def distributed(self) -> bool:
-        return self.zero_stage is not None
+        """Run as ranks under torchrun (ScaleBiO's ZeRO engines, or a method that shards its pool)."""
+        return self.launcher != "none"
 
     @property
     def is_parent(self) -> bool:
@@ -116,13 +155,20 @@ def plan_launch(launcher: str, *, method: Any, cfg: Any, resume: bool, ingest: b
                 raise ConfigError(f"{flag}: needs --launcher deepspeed")
         return Launch(rank=current_rank())
     if not method.distributed:
-        raise ConfigError(f"--launcher deepspeed: runs --method scalebio only, not {method.name}")
-    if resume:
-        raise ConfigError("--launcher deepspeed: --resume is not supported (the engine writes no checkpoints)")
+        from curate.methods import METHODS
+
+        able = sorted(m.name for m in METHODS.values() if m.distributed)
+        raise ConfigError(f"--launcher deepspeed: runs --method {' or '.join(able)} only, not {method.name}")
     if ingest:
         raise ConfigError("--launcher deepspeed: ingest the data files first (`curate ingest`), then reweight")
     if nproc < 1:
         raise ConfigError(f"--nproc: must be >= 1, got {nproc}")
+    if method.shards_pool:  # no engine: the ranks share the pool over gloo
+        for flag, given in (("--zero", zero is not None), ("--deepspeed-config", ds_config_path is not None)):
+            if given:
+                raise ConfigError(f"{flag}: {method.name} runs no DeepSpeed engine (each rank scores a share of "
+                                  "the pool); drop it")
+        return Launch(launcher, nproc, rank=current_rank())
     if zero is not None and zero not in (2, 3):
         raise ConfigError(f"--zero: {zero} is not 2 or 3")
     user = read_deepspeed_config(ds_config_path) if ds_config_path is not None else None
@@ -165,6 +211,14 @@ def check_deepspeed_config(user: dict[str, Any] | None, path: Path | None, cfg: 
         stage = zero_stage_of(user, zero)
         if stage not in (2, 3):
             raise ValueError(f"ZeRO stage {stage} is not 2 or 3 (zero_optimization.stage or --zero)")
+        for bad, what in ((getattr(cfg, "lisa", False) and stage == 3, "lisa=true under ZeRO-3 (ZeRO-3 partitions every "
+                           "parameter when the engine is built; use --zero 2)"),
+                          (getattr(cfg, "lower_level", "full") == "lora" and stage == 3,
+                           "lower_level=lora under ZeRO-3 (the shared base would be partitioned twice; use --zero 2)"),
+                          (getattr(cfg, "lisa", False) and not getattr(cfg, "lisa_release_state", True),
+                           "lisa_release_state=false (each LISA draw rebuilds the engines; drop the setting)")):
+            if bad:
+                raise ValueError(f"the DeepSpeed engine does not support {what}")
         engine_config(user, micro_batch=math.ceil(cfg.batch_size / nproc), world=nproc, grad_clip=cfg.grad_clip,
                       zero_stage=stage)
     except ValueError as e:

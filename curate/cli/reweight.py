@@ -59,7 +59,8 @@ def reweight(
                              "would not fit is refused before any work.")] = None,
     launcher: Annotated[str, typer.Option(
         "--launcher", help="'none', or 'deepspeed': ScaleBiO with u and w as DeepSpeed ZeRO engines over --nproc "
-                           "processes (torchrun; CPU uses gloo). Needs the deepspeed extra.")] = "none",
+                           "processes (torchrun; CPU uses gloo; needs the deepspeed extra), or LESS with its "
+                           "gradient features shared out over --nproc gloo ranks.")] = "none",
     zero: Annotated[int | None, typer.Option(
         "--zero", help="ZeRO stage with --launcher deepspeed: 2 or 3 (default: --deepspeed-config's "
                        "zero_optimization.stage, else 2).")] = None,

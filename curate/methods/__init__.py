@@ -30,7 +30,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("temperature", "baselines.simple:TemperatureConfig", _BASELINE, "size^(1/T) temperature sampling",
            needs=frozenset({"torch"}), reads_text=False),
     Method("less", "baselines.less:LessConfig", _BASELINE, "LoRA gradient influence on the target (LESS)",
-           needs=_MODEL, level="example", resumable=True),
+           needs=_MODEL, level="example", resumable=True, distributed=True, shards_pool=True),
     Method("rho", "baselines.rho:RhoConfig", _BASELINE, "excess loss over a target-trained reference (RHO-1)",
            step_key="reference_steps", needs=_MODEL, level="example", resumable=True),
     Method("doremi", "baselines.doremi:DoremiConfig", _BASELINE, "Group-DRO proxy weights (DoReMi)",

@@ -122,6 +122,9 @@ class Method:
     pool of millions is never read for it."""
     distributed: bool = False
     """``--launcher deepspeed`` runs it."""
+    shards_pool: bool = False
+    """With ``distributed``: its ranks run no DeepSpeed engine but each score a share of the pool over gloo
+    (``--zero``/``--deepspeed-config`` do not apply; ``--resume`` does)."""
 
     def config_class(self) -> type:
         return _resolve(self.config)
