@@ -59,7 +59,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from solvers.scalebio import checkpoint, schedule
+from solvers.scalebio import checkpoint
 from solvers.scalebio.config import ScaleBiOConfig
 from solvers.scalebio.engine import Batch, Engine
 from solvers.scalebio.lisa import Lisa
@@ -67,18 +67,22 @@ from solvers.scalebio.loop import BatchSampler, ScaleBiOResult, enable_checkpoin
 from solvers.scalebio.step import NonFiniteLossError, SolverState, set_lr
 
 
-def init(backend: str = "gloo") -> tuple[int, int]:
+def init(backend: str | None = None) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed once (env from torchrun); returns (rank, world size).
 
-    Without torchrun's environment it starts a one-process group on localhost.
+    ``backend``: NCCL when this rank's device is a GPU, else gloo. Without torchrun's environment it starts a
+    one-process group on localhost.
     """
     import deepspeed
 
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
                        ("MASTER_PORT", "29511")):
         os.environ.setdefault(key, value)
+    device = _local_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=backend or ("nccl" if device.type == "cuda" else "gloo"))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -204,6 +208,7 @@ class DeepSpeedEngine(Engine):
             raise ValueError(f"zero_stage must be 0..3, got {self.stage}")
         self.user = ds_config
         self.rank, self.world = init()
+        self.device = _local_device()
         self.modules: list[nn.Module] = []  # u's and w's modules
         self.engines: list[Any] = [None, None]  # their engines, once built
         self.groups: list[list[list[str]]] = [[], []]  # per model: its optimizer's groups, as parameter names
@@ -212,12 +217,13 @@ class DeepSpeedEngine(Engine):
 
     # -- reductions and the step ------------------------------------------------------------------------------
     def sum(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.clone()
-        dist.all_reduce(t)
-        return t
+        """All-reduced on this rank's device (NCCL reduces CUDA tensors only), returned where ``t`` lives."""
+        out = t.detach().to(self.device, copy=True)
+        dist.all_reduce(out)
+        return out.to(t.device)
 
     def sum_grad_(self, t: torch.Tensor) -> None:
-        dist.all_reduce(t)
+        dist.all_reduce(t)  # λ's gradient lives on the models' device
 
     def shard(self, batch: Batch) -> Batch:
         return {k: v[self.rank::self.world] if isinstance(v, torch.Tensor) and v.dim() else v
@@ -434,14 +440,16 @@ def _set_moments(engine: Any, groups: list[list[str]], params: Mapping[str, nn.P
 def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOConfig, *,
                     zero_stage: int | None = None, ds_config: Mapping[str, Any] | None = None,
                     on_step: Callable[[dict[str, float]], None] | None = None,
-                    checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False) -> ScaleBiOResult:
+                    checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+                    consume: bool = False) -> ScaleBiOResult:
     """:func:`solvers.scalebio.fit` across the ranks of a torchrun job (call it on every rank, same arguments).
 
     Returns the same result on every rank (weights, averaged weights, trajectory of global-batch statistics);
     ``model`` of the result is w's engine (under ZeRO-3 its parameters are partitioned across ranks).
     ``ds_config`` is the user's DeepSpeed config (offload, buckets, ...), merged by :func:`engine_config`;
     ``zero_stage`` overrides its ``zero_optimization.stage`` (default: that stage, else 2). ``model`` is moved
-    to this rank's device first.
+    to this rank's device first; ``consume`` lets u train it in place (one model copy fewer per rank), as in
+    :func:`solvers.scalebio.fit`.
 
     Raises:
         ValueError: an unsupported combination (LISA or LoRA under ZeRO-3, LISA at stage 0, LISA without state
@@ -452,10 +460,11 @@ def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cf
     engine = DeepSpeedEngine(zero_stage, ds_config)
     for bad, what in ((cfg.lisa and engine.stage in (0, 3), f"LISA under ZeRO-{engine.stage} (use --zero 2)"),
                       (cfg.lisa and not cfg.lisa_release_state, "lisa_release_state=False"),
-                      (cfg.lower_level == "lora" and engine.stage == 3, "lower_level='lora' under ZeRO-3 (use --zero 2)")):
+                      (cfg.lower_level == "lora" and engine.stage == 3,
+                       "lower_level='lora' under ZeRO-3 (use --zero 2)")):
         if bad:
             raise ValueError(f"the DeepSpeed engine does not support {what}")
     if min(cfg.batch_size, cfg.val_batch_size) < engine.world:
         raise ValueError(f"batch_size and val_batch_size must be >= the {engine.world} ranks")
     return fit(model.to(_local_device()), train, val, cfg, on_step=on_step, checkpoint_dir=checkpoint_dir,
-               resume=resume, engine=engine)
+               resume=resume, consume=consume, engine=engine)

@@ -178,7 +178,8 @@ def _times(world: int, loss: torch.Tensor) -> torch.Tensor:
 def _label_tokens(batch: Batch) -> torch.Tensor:
     """The batch's label tokens (rows if it has no labels), as a float scalar for the target's share."""
     if "labels" not in batch:
-        return torch.tensor(float(len(next(iter(batch.values())))))
+        ref = batch["source_ids"] if "source_ids" in batch else next(iter(batch.values()))
+        return torch.tensor(float(len(ref)), device=ref.device)
     return (batch["labels"][:, 1:] != IGNORE).sum().float()
 
 
@@ -219,13 +220,15 @@ def scalebio_step(state: SolverState, train_batch: Batch, val_batch: Batch, *,
                                    lr_scale * lr_model, step)
     set_lr(state.opt_lambda, lr_scale * lr_lambda)
     state.opt_lambda.step()
-    tokens = engine.sum(torch.tensor(float(_tokens(train_batch) + _tokens(val_batch))))
+    tokens = _tokens(train_batch) + _tokens(val_batch)
+    if engine.world > 1:
+        tokens = int(engine.sum(torch.tensor(float(tokens), device=state.logits.device)))
     return {
         "p": losses.p.tolist(), "loss_u": losses.lbar_u.tolist(), "loss_w": losses.lbar_w.tolist(),
         "target_loss": float(losses.target_loss),
         "gap": float(losses.p @ (losses.lbar_w - losses.lbar_u).to(losses.p.dtype)),
         "grad_norm_u": norm_u, "grad_norm_w": norm_w, "grad_norm_lambda": norm_lambda,
-        "tokens": int(tokens),
+        "tokens": tokens,
     }
 
 
