@@ -294,10 +294,46 @@ def release_cache(con: duckdb.DuckDBPyConnection) -> None:
     except duckdb.Error:
         pass  # more than that is held (a temporary table): what could be evicted was
     finally:
-        con.execute("SET memory_limit = ?", [memory_limit()])  # what open_db set, exactly
-        again = con.execute("SELECT current_setting('memory_limit')").fetchone()
-        if again is None or str(again[0]) != shown:  # a connection opened with another limit keeps its own
-            con.execute("SET memory_limit = ?", [shown])
+        _restore_limit(con, shown)
+
+
+@contextlib.contextmanager
+def memory_capped(con: duckdb.DuckDBPyConnection, limit_mb: int) -> Iterator[None]:
+    """Run a block under DuckDB ``memory_limit`` of at most ``limit_mb`` MB, then restore the connection's own (a
+    connection already under it, e.g. by ``CURATE_DUCKDB_MEMORY``, is left as it is).
+
+    DuckDB keeps the blocks a query reads or builds in memory until the limit is reached, so under the 2 GB default
+    a step's peak RSS grows with the pool (resample's draw scans it) or with the file (ingest holds a file's rows
+    until the commit); under a small limit it evicts, or spills to the temp folder, as it goes.
+    """
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    shown = str(row[0]) if row else ""
+    parts = shown.split()
+    try:
+        current = float(parts[0]) * _SHOWN_UNITS[parts[1].lower()]
+    except (IndexError, KeyError, ValueError):
+        current = float("inf")
+    if current <= limit_mb * 1000**2:
+        yield
+        return
+    con.execute(f"SET memory_limit = '{int(limit_mb)}MB'")
+    try:
+        yield
+    finally:
+        _restore_limit(con, shown)
+
+
+_SHOWN_UNITS = {"bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+"""The units ``current_setting('memory_limit')`` shows a limit in."""
+
+
+def _restore_limit(con: duckdb.DuckDBPyConnection, shown: str) -> None:
+    """Set the limit back to what open_db gave (``shown``, as ``current_setting`` rounds it, is only the fallback:
+    setting it back as shown would lower the limit a little each time)."""
+    con.execute("SET memory_limit = ?", [memory_limit()])
+    again = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    if shown and (again is None or str(again[0]) != shown):  # a connection opened with another limit keeps its own
+        con.execute("SET memory_limit = ?", [shown])
 
 
 def is_bloated(con: duckdb.DuckDBPyConnection, path: Path) -> bool:

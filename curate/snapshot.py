@@ -106,9 +106,11 @@ class PoolSnapshot:
         import pyarrow.compute as pc
 
         value_set = pa.array(sources)
-        return np.concatenate([np.asarray(pc.fill_null(pc.index_in(b.column("source"), value_set=value_set), 0)
-                                          .to_numpy(zero_copy_only=False), dtype=np.int64)
-                               for b in self._batches()] or [np.zeros(0, dtype=np.int64)])
+        out = np.zeros(len(self), dtype=np.int32)  # filled in place: no per-batch copies to concatenate
+        for k, b in enumerate(self._batches()):
+            out[self.starts[k]:self.starts[k + 1]] = pc.fill_null(
+                pc.index_in(b.column("source"), value_set=value_set), 0).to_numpy(zero_copy_only=False)
+        return out
 
     def sample(self, n: int, seed: int = 0) -> Rows:
         """At most ``n`` rows drawn without replacement (seeded), in pool order; every row when the pool is

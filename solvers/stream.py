@@ -3,7 +3,7 @@
 A pool of millions of rows held as token lists costs more memory than the model (4M rows x 128 tokens is ~14 GB of
 Python ints), while ScaleBiO and DoReMi only ever touch ``steps x batch_size`` of them. :class:`StreamedSet` has
 the interface of :class:`solvers.data.TokenizedSet` (``sources``, ``source_ids``, ``example_ids``, ``batch``,
-``counts``, ``pad_id``, ``stats``) but keeps only one small integer per row; the text comes from ``fetch`` (in
+``counts``, ``pad_id``, ``stats``) but keeps only two small integers per row (int32); the text comes from ``fetch`` (in
 `curate`, an Arrow snapshot of the store on disk) and the encodings of recent rows from a bounded cache.
 
 Two differences from the in-memory set, both deliberate:
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from solvers.data import TokenStats, stats_of, token_stats
+from solvers.data import TokenStats, row_dtype, stats_of, token_stats
 from solvers.lm import Encoded, collate, encode_example
 
 Fetch = Callable[[np.ndarray], tuple[list[str], list[str]]]
@@ -49,8 +49,11 @@ class StreamedSet:
                  index: np.ndarray | None = None, stats: dict[str, TokenStats] | None = None,
                  exact: bool = False) -> None:
         self.fetch, self.fetch_ids = fetch, fetch_ids
-        self.source_ids = np.asarray(source_ids, dtype=np.int64)
-        self.index = np.arange(len(self.source_ids), dtype=np.int64) if index is None else np.asarray(index)
+        # int32 rather than int64 (as long as the pool has under 2**31 rows): these two arrays are all a streamed
+        # set holds per row, so they set how its memory grows with the pool (batch() still gives int64 tensors)
+        self.source_ids = np.asarray(source_ids, dtype=np.int32)
+        self.index = (np.arange(len(self.source_ids), dtype=row_dtype(len(self.source_ids))) if index is None
+                      else np.asarray(index))  # a derived set's index keeps its pool's dtype
         self.sources = list(sources)
         self.tokenizer, self.max_len, self.template, self.truncation = tokenizer, max_len, template, truncation
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from curate.db import compact, is_interrupt, release_cache
+from curate.db import compact, is_interrupt, memory_capped, release_cache
 from curate.errors import CurateError, DataError, Interrupted
 from curate.ingest import fast, ledger
 from curate.ingest.diagnose import array_message, is_json_array, no_rows_message
@@ -278,9 +278,11 @@ def _attempt(con: duckdb.DuckDBPyConnection, item: _Plan, digest: str, replace: 
     """One all-or-nothing try at a file: a transaction that commits everything or nothing.
 
     After a rollback the file is compacted, so an aborted ingest does not leave the store holding the blocks
-    DuckDB had already written for it.
+    DuckDB had already written for it. The fast path runs under :data:`fast.MEMORY_MB`.
     """
-    with fast.file_on_the_probe_side(con) if mode.fast else contextlib.nullcontext():
+    if not mode.fast:
+        return _transaction(con, item, digest, replace, mode, lines)
+    with fast.file_on_the_probe_side(con), memory_capped(con, fast.MEMORY_MB):
         return _transaction(con, item, digest, replace, mode, lines)
 
 
@@ -305,7 +307,7 @@ def _transaction(con: duckdb.DuckDBPyConnection, item: _Plan, digest: str, repla
         raise
     try:
         _drop_temps(con)
-        if lines is not None and lines > fast.SMALL_FILE_ROWS:
+        if lines is not None and lines > fast.CHECKPOINT_ROWS:
             _checkpoint(con)
     except (KeyboardInterrupt, RuntimeError) as e:  # after the commit: the file is stored, say so
         if isinstance(e, RuntimeError) and not is_interrupt(e):

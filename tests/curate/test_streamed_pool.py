@@ -66,6 +66,34 @@ def test_sampler_steps_over_label_less_rows():
     assert usable.counts().tolist() == [20, 20]
 
 
+def test_sampler_state_stays_small_and_resumes_exactly():
+    """A sampler's state dict holds a generator state per source, not a permutation of every row (the pool's size
+    in Python ints per checkpoint); resuming from it, or from the older form that saved the permutations, draws the
+    same batches as an uninterrupted run, and the per-row arrays are int32."""
+    from solvers.data import SourceSampler
+    from solvers.lm import train_tokenizer
+    from solvers.stream import StreamedSet
+
+    prompts = [f"question {i}" for i in range(3_000)]
+    tok = train_tokenizer(prompts + ["answer"], 300)
+    data = StreamedSet(lambda idx: ([prompts[i] for i in idx], ["answer"] * len(idx)), np.arange(3_000) % 3,
+                       ["a", "b", "c"], tok, max_len=24, template="plain")
+    assert data.source_ids.dtype == np.int32 and data.index.dtype == np.int32
+    run = SourceSampler(data, 8, seed=3)
+    assert run.groups[0].dtype == np.int32
+    for _ in range(150):
+        run.next_indices()
+    state = json.loads(json.dumps(run.state_dict()))
+    assert "perms" not in state and len(json.dumps(state)) < 2_000
+    old = {**{k: v for k, v in state.items() if k != "perm_states"}, "perms": [p.tolist() for p in run.perms]}
+    ahead = [run.next_indices() for _ in range(400)]  # past the end of every source's first permutation
+    for saved in (state, old):
+        again = SourceSampler(data, 8, seed=3)
+        again.load_state_dict(saved)
+        assert [again.next_indices() for _ in range(400)] == ahead
+    assert "perm_states" in again.state_dict()  # every permutation was drawn again since: small once more
+
+
 def test_a_source_with_no_usable_row_is_refused():
     from solvers.data import SourceSampler
     from solvers.lm import train_tokenizer
