@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -161,3 +162,20 @@ def proc_status_bytes(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+class FixedBatches:
+    """The one batch every step of the benchmark uses, shaped as the sampler ``fit_distributed`` reads."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], n_sources: int) -> None:
+        self.batch, self.batch_size = batch, len(batch["input_ids"])
+        self.data = SimpleNamespace(sources=[f"s{i}" for i in range(n_sources)])
+
+    def next(self) -> dict[str, torch.Tensor]:
+        return self.batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -17,7 +17,10 @@ Each variant runs ``--steps`` steps in a fresh subprocess (so no variant inherit
 LISA redraws every ``--lisa-period`` steps, so over the default 12 steps it sees six draws: ``scalebio_lisa``
 releases the AdamW moments of blocks it freezes (the default), ``scalebio_lisa_keep`` keeps them (the authors'
 behaviour) and shows the state that builds up. ``scalebio_ckpt`` is full ScaleBiO with gradient checkpointing, which
-changes activations only (the "above floor" column). Not a test; RSS varies a little with the allocator.
+changes activations only (the "above floor" column). ``scalebio_lisa_ds2_zero2`` / ``_zero3`` run ScaleBiO + LISA
+through ``solvers.distributed`` on 2 gloo ranks (CPU, half the threads each) and report the rank that peaked
+highest: its module parameters, and as "optim" its fp32 partitions plus AdamW moments. Not a test; RSS varies a
+little with the allocator.
 On a GPU (``--device cuda``, ``--bf16`` for autocast over fp32 weights) "peak" is ``torch.cuda.max_memory_allocated``
 and "floor" what the allocator held before the model was built (the batches); the breakdown is unchanged.
 """
@@ -33,8 +36,8 @@ from typing import Any
 
 import torch
 from _common import FineTune as _FineTune
-from _common import ScaleBiO as _ScaleBiO
 from _common import (
+    FixedBatches,
     add_device_args,
     add_size_args,
     check_device_args,
@@ -46,11 +49,14 @@ from _common import (
     sync,
     use_model_vocab,
 )
+from _common import ScaleBiO as _ScaleBiO
 
-from solvers.memory import MemoryBreakdown, breakdown
+from solvers.memory import MemoryBreakdown, breakdown, optimizer_state_bytes, tensor_bytes
 from solvers.scalebio.loop import enable_checkpointing
 
 VARIANTS = ("finetune", "scalebio", "scalebio_ckpt", "scalebio_lisa", "scalebio_lisa_keep", "scalebio_lora")
+DS_VARIANTS = {"scalebio_lisa_ds2_zero2": 2, "scalebio_lisa_ds2_zero3": 3}  # per rank, 2 gloo ranks (CPU only)
+DS_PROCS = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,9 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="steps per variant")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    ap.add_argument("--variants", default=",".join(VARIANTS + tuple(DS_VARIANTS)),
+                    help="comma-separated subset (the *_ds2_* rows need deepspeed and run on CPU only)")
     ap.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=VARIANTS + tuple(DS_VARIANTS), help=argparse.SUPPRESS)
+    ap.add_argument("--ds-out", help=argparse.SUPPRESS)  # a torchrun rank writes its numbers to DS_OUT.RANK
     args = ap.parse_args(argv)
     check_device_args(args)
     use_model_vocab(args)
@@ -118,15 +126,84 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": held.optimizer}
 
 
+def ds_child(args: argparse.Namespace) -> None:
+    """One rank of 2: ScaleBiO + LISA through ``solvers.distributed`` (u and w as ZeRO engines, u training the
+    loaded model in place as in ``curate reweight``); writes this rank's floor, peak and the most its tensors
+    held (module parameters; fp32 partitions plus AdamW moments as "optimizer"; gradients are DeepSpeed's
+    buckets and partitions, not counted)."""
+    import torch.distributed as dist
+
+    from solvers.distributed import DeepSpeedEngine, check_supported, shutdown
+    from solvers.scalebio import ScaleBiOConfig, fit
+
+    torch.set_num_threads(args.threads)
+    engine = DeepSpeedEngine(DS_VARIANTS[args.child])
+    batch, val = make_batch(args, 0), make_batch(args, 1)
+    floor = memory_now(args.device)
+    cfg = ScaleBiOConfig(steps=args.steps, batch_size=args.batch, val_batch_size=args.batch, lr_model=1e-4,
+                         lr_lambda=1e-2, schedule="constant", checkpoint_every=0, lisa=True,
+                         lisa_layers=args.lisa_layers, lisa_period=args.lisa_period)
+    held = MemoryBreakdown(0, 0, 0)
+
+    def on_step(_row: dict[str, float]) -> None:
+        nonlocal held
+        inner = [getattr(e.optimizer, "optimizer", e.optimizer) for e in engine.engines]
+        flat = [p for o in inner for g in o.param_groups for p in g["params"]]
+        now = MemoryBreakdown(breakdown(engine.modules, []).params, 0,
+                              sum(optimizer_state_bytes(o) for o in inner) + tensor_bytes(flat))
+        held = now if now.total > held.total else held
+
+    try:
+        check_supported(cfg, engine.stage)
+        fit(new_model(args), FixedBatches(batch, args.sources), FixedBatches(val, args.sources), cfg,
+            on_step=on_step, consume=True, engine=engine)
+        doc: dict[str, Any] = {"floor": floor, "peak": memory_peak(args.device), "params": held.params,
+                               "grads": 0, "optimizer": held.optimizer}
+    except ValueError as e:
+        doc = {"error": str(e)}
+    with open(f"{args.ds_out}.{dist.get_rank()}", "w") as f:
+        json.dump(doc, f)
+    shutdown()
+
+
 def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     keys = ("model", "vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "lisa_period", "lora_r",
             "steps", "threads", "device")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant] + [
-        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys] + (["--bf16"] if args.bf16 else [])
+    flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys] + (["--bf16"] if args.bf16 else [])
+    if variant in DS_VARIANTS:
+        return measure_ranks(args, variant, flags)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, *flags]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def measure_ranks(args: argparse.Namespace, variant: str, flags: list[str]) -> dict[str, Any]:
+    """The rank that peaked highest of a 2-rank torchrun job (each rank with half the threads)."""
+    import importlib.util
+    import socket
+    import tempfile
+
+    if args.device != "cpu" or importlib.util.find_spec("deepspeed") is None:
+        return {"error": "needs deepspeed and --device cpu (gloo ranks)"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    threads = max(1, args.threads // DS_PROCS)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank")
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={DS_PROCS}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", os.path.abspath(__file__), "--child", variant,
+               f"--ds-out={out}", *[f for f in flags if not f.startswith("--threads=")], f"--threads={threads}"]
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        ranks = [json.load(open(f"{out}.{r}")) for r in range(DS_PROCS) if os.path.exists(f"{out}.{r}")]
+    if not ranks:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+    if "error" in ranks[0]:
+        return ranks[0]
+    return max(ranks, key=lambda r: r["peak"])
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
@@ -168,6 +245,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.child in DS_VARIANTS:
+        ds_child(args)
+        return
     if args.child:
         print(json.dumps(child(args)))
         return

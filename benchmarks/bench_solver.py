@@ -17,9 +17,11 @@ diluted by the ~0.3-0.5 GB every torch process holds, so both are printed. Not a
 On a GPU (``--device cuda``) steps are timed after ``torch.cuda.synchronize`` and memory is the CUDA allocator's
 (``memory_allocated`` before the models are built, ``max_memory_allocated`` after the steps); ``--bf16`` runs the
 model passes under bf16 autocast with fp32 weights, as ``curate reweight`` does on a GPU.
- DeepSpeed (``--deepspeed``, on when deepspeed is installed): ScaleBiO through ``solvers.distributed`` on 2 gloo
-processes under torchrun (``DS_ACCELERATOR=cpu``, ZeRO-2), each on half of the same global batch with half the
-threads, after the single-process variants; its median step time and its steps/s over single-process ScaleBiO's.
+ DeepSpeed (``--deepspeed``, on when deepspeed is installed): each ScaleBiO variant (full, LISA, LoRA) through
+``solvers.distributed`` on 2 gloo processes under torchrun (``DS_ACCELERATOR=cpu``, ZeRO-2), each on half of the
+same global batch with half the threads, after the single-process variants; its median step time and its steps/s
+over the same single-process variant's. The LISA child redraws every 3 steps: its row is the median of the steps
+without a redraw, and the extra time of a redraw step (both engines torn down and rebuilt) is printed beside it.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from _common import (
     FineTune,
+    FixedBatches,
     ScaleBiO,
     add_device_args,
     add_size_args,
@@ -77,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="also time ScaleBiO on 2 DeepSpeed ZeRO-2 processes (default: on when installed)")
     ap.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--ds-child", help=argparse.SUPPRESS)  # a torchrun rank; rank 0 writes its times here
+    ap.add_argument("--ds-variant", choices=VARIANTS[1:], default="scalebio", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.source_counts, args.sources = args.sources, args.sources[0]
     check_device_args(args)
@@ -188,33 +191,25 @@ DS_PROCS = 2
 SIZE_FLAGS = ("vocab", "hidden", "layers", "batch", "seq", "sources", "warmup", "repeats")
 
 
-class FixedBatches:
-    """The one batch every step of the benchmark uses, shaped as the sampler ``fit_distributed`` reads."""
-
-    def __init__(self, batch: dict[str, torch.Tensor], n_sources: int) -> None:
-        self.batch, self.batch_size = batch, len(batch["input_ids"])
-        self.data = SimpleNamespace(sources=[f"s{i}" for i in range(n_sources)])
-
-    def next(self) -> dict[str, torch.Tensor]:
-        return self.batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+DS_LISA_PERIOD = 3  # the DeepSpeed LISA child redraws often, so the engine rebuild it costs is measured too
 
 
 def deepspeed_child(args: argparse.Namespace) -> None:
-    """One rank: ScaleBiO with u and w as ZeRO-2 engines on the benchmark's batches; rank 0 writes the times of
-    the steps after warm-up (from one ``on_step`` call to the next)."""
+    """One rank: ScaleBiO with u and w as ZeRO-2 engines on the benchmark's batches (``--ds-variant``: the full
+    lower level, LISA redrawing every :data:`DS_LISA_PERIOD` steps, or LoRA r=8); rank 0 writes, per step after
+    warm-up, its time (from one ``on_step`` call to the next) and whether it began with a LISA redraw."""
     from solvers.distributed import fit_distributed, is_writer, shutdown
     from solvers.scalebio import ScaleBiOConfig
 
     torch.set_num_threads(args.threads)
     warmup = max(1, args.warmup)  # the first step is timed from the previous one, so at least one is untimed
+    extra: dict[str, Any] = {}
+    if args.ds_variant == "scalebio_lisa":
+        extra = {"lisa": True, "lisa_layers": args.lisa_layers, "lisa_period": DS_LISA_PERIOD}
+    elif args.ds_variant == "scalebio_lora":
+        extra = {"lower_level": "lora", "lora_r": 8}
     cfg = ScaleBiOConfig(steps=warmup + args.repeats, batch_size=args.batch, val_batch_size=args.batch,
-                         lr_model=1e-4, lr_lambda=1e-2, alpha=10.0, schedule="constant", checkpoint_every=0)
+                         lr_model=1e-4, lr_lambda=1e-2, alpha=10.0, schedule="constant", checkpoint_every=0, **extra)
     stamps: list[float] = []
     fit_distributed(new_model(args), FixedBatches(make_batch(args, 0), args.sources),
                     FixedBatches(make_batch(args, 1), args.sources), cfg, zero_stage=2,
@@ -222,12 +217,14 @@ def deepspeed_child(args: argparse.Namespace) -> None:
     writer = is_writer()
     shutdown()
     if writer:
+        steps = range(warmup, warmup + args.repeats)
         with open(args.ds_child, "w") as f:
-            json.dump([b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:], strict=False)], f)
+            json.dump({"times": [b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:], strict=False)],
+                       "redraw": [bool(cfg.lisa and t % DS_LISA_PERIOD == 0) for t in steps]}, f)
 
 
-def time_deepspeed(args: argparse.Namespace) -> list[float]:
-    """Step times of ScaleBiO on ``DS_PROCS`` torchrun ranks (gloo, CPU), sharing the threads of the others."""
+def time_deepspeed(args: argparse.Namespace, variant: str) -> dict[str, list[Any]]:
+    """Step times of ``variant`` on ``DS_PROCS`` torchrun ranks (gloo, CPU), sharing the threads of the others."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -235,8 +232,8 @@ def time_deepspeed(args: argparse.Namespace) -> list[float]:
         out = os.path.join(tmp, "times.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={DS_PROCS}",
                "--master_addr=127.0.0.1", f"--master_port={port}", __file__, f"--ds-child={out}",
-               f"--threads={max(1, args.threads // DS_PROCS)}"] + [
-            f"--{k}={getattr(args, k)}" for k in SIZE_FLAGS]
+               f"--ds-variant={variant}", f"--threads={max(1, args.threads // DS_PROCS)}",
+               f"--lisa-layers={args.lisa_layers}"] + [f"--{k}={getattr(args, k)}" for k in SIZE_FLAGS]
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(max(1, args.threads // DS_PROCS))}
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if res.returncode != 0:
@@ -245,7 +242,16 @@ def time_deepspeed(args: argparse.Namespace) -> list[float]:
             return json.load(f)
 
 
-def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None) -> str:
+def ds_summary(run: dict[str, list[Any]]) -> tuple[float, float | None]:
+    """Median time of the steps without a LISA redraw, and the median extra time of those with one."""
+    plain = [t for t, r in zip(run["times"], run["redraw"], strict=True) if not r]
+    redrawn = [t for t, r in zip(run["times"], run["redraw"], strict=True) if r]
+    med = statistics.median(plain)
+    return med, (statistics.median(redrawn) - med) if redrawn else None
+
+
+def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None,
+           ds: dict[str, dict[str, list[Any]]]) -> str:
     n_params = sum(p.numel() for p in {id(p): p for p in new_model(args).parameters()}.values())
     blocks = n_params - 2 * args.vocab * args.hidden - args.hidden
     tokens = args.batch * args.seq
@@ -269,12 +275,14 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
             base_above = memory["finetune"]["peak"] - memory["finetune"]["floor"]
             row += f"{peak / 2**20:>10.0f}{above / 2**20:>13.0f}{above / base_above:>12.2f}"
         lines.append(row)
-    if "scalebio_ds2" in times:
-        med, single = statistics.median(times["scalebio_ds2"]), statistics.median(times["scalebio"])
-        lines.append(f"{'scalebio_ds2':<16}{med:>9.3f}{med / base:>12.2f}{tokens / med:>13.0f}")
-        lines.append(f"\nDeepSpeed ZeRO-2, {DS_PROCS} gloo processes x {max(1, args.threads // DS_PROCS)} threads, "
-                     f"same global batch: {1 / med:.2f} steps/s vs {1 / single:.2f} single-process ScaleBiO "
-                     f"= {single / med:.2f}x")
+    for v, run in ds.items():
+        med, rebuild = ds_summary(run)
+        single = statistics.median(times[v])
+        lines.append(f"{v + '_ds2':<16}{med:>9.3f}{med / base:>12.2f}{tokens / med:>13.0f}")
+        note = f"; a LISA redraw (both engines rebuilt) adds {rebuild:.3f} s to its step" if rebuild is not None else ""
+        lines.append(f"  DeepSpeed ZeRO-2, {DS_PROCS} gloo processes x {max(1, args.threads // DS_PROCS)} threads, "
+                     f"same global batch: {1 / med:.2f} steps/s vs {1 / single:.2f} single-process {v} "
+                     f"= {single / med:.2f}x{note}")
     lines += [
         "",
         "targets: ScaleBiO <= 3.0x fine-tuning time, ScaleBiO + LISA <= 2.5x.",
@@ -289,7 +297,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], memory: dict
     return "\n".join(lines)
 
 
-def numbers(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None) -> dict[str, Any]:
+def numbers(args: argparse.Namespace, times: dict[str, list[float]], memory: dict[str, Any] | None,
+            ds: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
     """The report's numbers as one JSON-able dict (``--json``; scripts/gpu_check.sh collects it)."""
     base = statistics.median(times["finetune"])
     out: dict[str, Any] = {"device": args.device, "bf16": args.bf16, "model": args.model or "synthetic Llama",
@@ -302,6 +311,11 @@ def numbers(args: argparse.Namespace, times: dict[str, list[float]], memory: dic
             row.update(peak_mib=memory[v]["peak"] / 2**20,
                        above_floor_mib=(memory[v]["peak"] - memory[v]["floor"]) / 2**20)
         out["variants"][v] = row
+    for v, run in ds.items():
+        med, rebuild = ds_summary(run)
+        out["variants"][f"{v}_ds2"] = {"s_per_step": med, "steps_per_s": 1 / med,
+                                       "x_single_process": statistics.median(times[v]) / med,
+                                       "lisa_rebuild_s": rebuild}
     return out
 
 
@@ -316,17 +330,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     memory = None if args.skip_memory else measure_memory(args)
     times = time_steps(args)
+    ds = {}
     if args.deepspeed and args.device == "cpu":
-        times["scalebio_ds2"] = time_deepspeed(args)
+        ds = {v: time_deepspeed(args, v) for v in args.variants if v != "finetune"}
     elif args.deepspeed:
         print(f"note: the DeepSpeed row runs on CPU gloo ranks; skipped with --device {args.device}",
               file=sys.stderr)
-    print(report(args, times, memory))
+    print(report(args, times, memory, ds))
     by_k = time_source_counts(args) if len(args.source_counts) > 1 else None
     if by_k is not None:
         print(report_source_counts(by_k))
     if args.json:
-        doc = numbers(args, times, memory)
+        doc = numbers(args, times, memory, ds)
         if by_k is not None:
             doc["scalebio_by_sources"] = {str(k): statistics.median(ts) for k, ts in by_k.items()}
         print(json.dumps(doc))

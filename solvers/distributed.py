@@ -302,29 +302,44 @@ class DeepSpeedEngine(Engine):
         return [n for n, p in self.modules[i].named_parameters() if p.requires_grad]
 
     def _replace(self, state: SolverState, groups: list[list[list[str]]] | None, carry: bool) -> None:
-        """Tear down u's and w's engines (if built) and build them over what trains now. With ``carry``, the
-        AdamW state of every parameter that trained before and still trains moves to the new engine."""
-        built, engines = self.engines, []
-        for i, old in enumerate(built):
-            kept: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
-            if old is not None and carry:
-                kept = self._moments(i, old, set(self._trainable(i)))
+        """Tear down u's and w's engines (if built) and build them over what trains now, one model at a time and
+        dropping every reference to the old engine first, so old and new buffers are never alive together. With
+        ``carry``, the AdamW state of every parameter that trained before and still trains moves to the new
+        engine."""
+        for i in (0, 1):
+            old, kept = self.engines[i], {}
             if old is not None:
-                self._destroy(i, old)
+                if carry:
+                    kept = self._moments(i, old, set(self._trainable(i)))
+                self.engines[i] = None
+                self._hand_over(state, i, None)
+                _release(old)
+                del old
+                for p in self.modules[i].parameters():  # stop viewing the old engine's flat buffers
+                    p.data = p.data.clone()
+                gc.collect()
             if groups is not None:
                 model_groups = groups[i]
             else:  # by step count, oldest first, so each group's bias correction is its parameters'
                 ages = sorted({age for age, _, _ in kept.values()} | {0}, reverse=True)
                 model_groups = [[n for n in self._trainable(i) if kept.get(n, (0,))[0] == age] for age in ages]
                 model_groups = [g for g in model_groups if g]
-            engines.append(self._build(i, model_groups, kept))
-        self.engines = engines
-        state.u, state.w = engines
-        state.opt_u, state.opt_w = engines[0].optimizer, engines[1].optimizer
+            self.engines[i] = self._build(i, model_groups, kept)
+            del kept
+            self._hand_over(state, i, self.engines[i])
+
+    def _hand_over(self, state: SolverState, i: int, engine: Any) -> None:
+        """Make ``engine`` (None: the bare module) model i of ``state``, with its optimizer."""
+        model = self.modules[i] if engine is None else engine
+        opt = None if engine is None else engine.optimizer
+        if i == 0:
+            state.u, state.opt_u = model, opt
+        else:
+            state.w, state.opt_w = model, opt
 
     def _moments(self, i: int, engine: Any, still: set[str]) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
-        """Full (gathered) AdamW moments and step count of each of model i's parameters in ``still`` (empty if the
-        engine has not stepped since it was built)."""
+        """Full (gathered, on the host) AdamW moments and step count of each of model i's parameters in ``still``
+        (empty if the engine has not stepped since it was built)."""
         from deepspeed.utils import safe_get_full_optimizer_state
 
         inner = _inner(engine)
@@ -338,17 +353,9 @@ class DeepSpeedEngine(Engine):
             for name in names:
                 if name in still:
                     p = params[name]
-                    out[name] = (steps[g], safe_get_full_optimizer_state(p, "exp_avg").clone(),
-                                 safe_get_full_optimizer_state(p, "exp_avg_sq").clone())
+                    out[name] = (steps[g], safe_get_full_optimizer_state(p, "exp_avg").to("cpu", copy=True),
+                                 safe_get_full_optimizer_state(p, "exp_avg_sq").to("cpu", copy=True))
         return out
-
-    def _destroy(self, i: int, engine: Any) -> None:
-        """Drop an engine and free its flat buffers: the parameters stop being views into them."""
-        engine.destroy()
-        for p in self.modules[i].parameters():
-            p.data = p.data.clone()
-        del engine
-        gc.collect()
 
     def _build(self, i: int, groups: list[list[str]],
                kept: Mapping[str, tuple[int, torch.Tensor, torch.Tensor]] | None = None) -> Any:
@@ -404,6 +411,18 @@ class DeepSpeedEngine(Engine):
         return ck
 
 
+def _release(engine: Any) -> None:
+    """Destroy an engine and remove the hooks it left on its module: ``destroy()`` keeps them (DeepSpeed 0.19),
+    and through their closures every rebuilt engine, buffers and all, would stay alive (measured: one more per
+    LISA draw)."""
+    engine.destroy()
+    for name in ("module_forward_pre_hook", "module_forward_post_hook", "first_dataloader_check"):
+        handle = getattr(engine, name, None)
+        if handle is not None:
+            handle.remove()
+            setattr(engine, name, None)
+
+
 def _inner(engine: Any) -> torch.optim.Optimizer:
     """The torch AdamW inside an engine's ZeRO optimizer (the engine's own optimizer at stage 0)."""
     opt = engine.optimizer
@@ -437,6 +456,19 @@ def _set_moments(engine: Any, groups: list[list[str]], params: Mapping[str, nn.P
         safe_set_full_optimizer_state(params[name], exp_avg_sq, "exp_avg_sq")
 
 
+def check_supported(cfg: ScaleBiOConfig, stage: int) -> None:
+    """Refuse what the engine cannot run at ZeRO ``stage`` (see the module docstring).
+
+    Raises:
+        ValueError: naming the setting and the fix.
+    """
+    for bad, what in ((cfg.lisa and stage in (0, 3), f"LISA under ZeRO-{stage} (use --zero 2)"),
+                      (cfg.lisa and not cfg.lisa_release_state, "lisa_release_state=False"),
+                      (cfg.lower_level == "lora" and stage == 3, "lower_level='lora' under ZeRO-3 (use --zero 2)")):
+        if bad:
+            raise ValueError(f"the DeepSpeed engine does not support {what}")
+
+
 def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOConfig, *,
                     zero_stage: int | None = None, ds_config: Mapping[str, Any] | None = None,
                     on_step: Callable[[dict[str, float]], None] | None = None,
@@ -458,12 +490,7 @@ def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cf
         KeyboardInterrupt: after the checkpoint of the last completed step (every rank stops at the same step).
     """
     engine = DeepSpeedEngine(zero_stage, ds_config)
-    for bad, what in ((cfg.lisa and engine.stage in (0, 3), f"LISA under ZeRO-{engine.stage} (use --zero 2)"),
-                      (cfg.lisa and not cfg.lisa_release_state, "lisa_release_state=False"),
-                      (cfg.lower_level == "lora" and engine.stage == 3,
-                       "lower_level='lora' under ZeRO-3 (use --zero 2)")):
-        if bad:
-            raise ValueError(f"the DeepSpeed engine does not support {what}")
+    check_supported(cfg, engine.stage)
     if min(cfg.batch_size, cfg.val_batch_size) < engine.world:
         raise ValueError(f"batch_size and val_batch_size must be >= the {engine.world} ranks")
     return fit(model.to(_local_device()), train, val, cfg, on_step=on_step, checkpoint_dir=checkpoint_dir,

@@ -50,7 +50,7 @@ def _distributed(inputs: FitInputs, train: Any, val: Any) -> Any:
     try:
         return fit_distributed(inputs.model, train, val, inputs.cfg, zero_stage=inputs.zero_stage,
                                ds_config=inputs.ds_config, on_step=inputs.on_step, checkpoint_dir=checkpoints,
-                               resume=inputs.resume)
+                               resume=inputs.resume, consume=True)  # the base is saved in the run folder
     except NonFiniteLossError as e:
         raise ConfigError(f"{e}; the last good checkpoint is in {checkpoints} "
                           "(lower lr_model or lr_lambda and use --resume)") from None

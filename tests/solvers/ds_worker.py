@@ -57,9 +57,10 @@ def problem(variant: str):
 
 
 def result_doc(result) -> dict:
+    module = getattr(result.model, "module", result.model)  # a DeepSpeed engine's module
     return {"weights": result.weights, "target_loss": [r["target_loss"] for r in result.trajectory],
             "grad_norm_w": [r["grad_norm_w"] for r in result.trajectory],
-            "w_sum": float(sum(p.detach().double().sum() for p in getattr(result.model, "module", result.model).parameters()))}
+            "w_sum": float(sum(p.detach().double().sum() for p in module.parameters()))}
 
 
 def main() -> None:
@@ -78,7 +79,16 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, checkpoint_every=2)
     model, train, val = problem(args.variant)
 
+    alive = []
+
     def on_step(row: dict) -> None:
+        if args.mode != "ref":  # DeepSpeed engines alive: a LISA redraw must free the engines it replaces
+            import gc
+
+            import deepspeed
+
+            gc.collect()
+            alive.append(sum(isinstance(o, deepspeed.DeepSpeedEngine) for o in gc.get_objects()))
         if args.kill_at is not None and row["step"] == args.kill_at and int(os.environ.get("RANK", "0")) == 0:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -93,6 +103,7 @@ def main() -> None:
         doc = result_doc(fit_distributed(model, *make_samplers(train, val, cfg), cfg, zero_stage=stage,
                                          ds_config=ds_config, on_step=on_step, checkpoint_dir=args.ckpt,
                                          resume=args.resume))
+        doc["engines_alive"] = max(alive)
         writer = is_writer()
         shutdown()
         if not writer:
