@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from curate.errors import ConfigError, Interrupted
@@ -23,41 +25,42 @@ def fit(inputs: FitInputs) -> FitResult:
 
 
 def _single(inputs: FitInputs, train: Any, val: Any) -> Any:
-    from solvers.scalebio import NonFiniteLossError
     from solvers.scalebio import fit as fit_scalebio
 
     model = inputs.model.to(inputs.device)
-    checkpoints = inputs.run.checkpoints
-    try:
+    with _one_line_errors(inputs, ""):
         # The base is saved in the run folder already, so u may train it in place: one model copy fewer.
-        return fit_scalebio(model, train, val, inputs.cfg, on_step=inputs.on_step, checkpoint_dir=checkpoints,
-                            resume=inputs.resume, consume=True)
-    except NonFiniteLossError as e:
-        raise ConfigError(f"{e}; the last good checkpoint is in {checkpoints} "
-                          "(lower lr_model or lr_lambda and use --resume)") from None
-    except KeyboardInterrupt:
-        raise Interrupted(f"checkpoint in {checkpoints}; continue with `curate reweight --resume "
-                          f"{inputs.run.root}`") from None
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"scalebio: {e}") from None
+        return fit_scalebio(model, train, val, inputs.cfg, on_step=inputs.on_step,
+                            checkpoint_dir=inputs.run.checkpoints, resume=inputs.resume, consume=True)
 
 
 def _distributed(inputs: FitInputs, train: Any, val: Any) -> Any:
     from solvers.distributed import fit_distributed, shutdown
+
+    try:
+        with _one_line_errors(inputs, " --launcher deepspeed"):
+            return fit_distributed(inputs.model, train, val, inputs.cfg, zero_stage=inputs.zero_stage,
+                                   ds_config=inputs.ds_config, on_step=inputs.on_step,
+                                   checkpoint_dir=inputs.run.checkpoints, resume=inputs.resume,
+                                   consume=True)  # the base is saved in the run folder
+    finally:
+        shutdown()
+
+
+@contextlib.contextmanager
+def _one_line_errors(inputs: FitInputs, launcher: str) -> Iterator[None]:
+    """A NaN, a Ctrl-C or a bad setting as the one-line error that names the checkpoint and how to go on
+    (``launcher``: the flags a resume needs)."""
     from solvers.scalebio import NonFiniteLossError
 
     checkpoints = inputs.run.checkpoints
     try:
-        return fit_distributed(inputs.model, train, val, inputs.cfg, zero_stage=inputs.zero_stage,
-                               ds_config=inputs.ds_config, on_step=inputs.on_step, checkpoint_dir=checkpoints,
-                               resume=inputs.resume, consume=True)  # the base is saved in the run folder
+        yield
     except NonFiniteLossError as e:
         raise ConfigError(f"{e}; the last good checkpoint is in {checkpoints} "
                           "(lower lr_model or lr_lambda and use --resume)") from None
     except KeyboardInterrupt:
         raise Interrupted(f"checkpoint in {checkpoints}; continue with `curate reweight --resume "
-                          f"{inputs.run.root} --launcher deepspeed`") from None
+                          f"{inputs.run.root}{launcher}`") from None
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"scalebio: {e}") from None
-    finally:
-        shutdown()
