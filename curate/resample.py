@@ -84,6 +84,8 @@ class ResampleResult:
     """The sources ``max_epochs`` held back (rows wanted, allocated, cut)."""
     warnings: list[str] = field(default_factory=list)
     """One line per capped source and where the surplus went: what every command prints in its summary."""
+    grouping: str | None = None
+    """The ``--group-by`` grouping the allocation is over (its keys are then groups, ``source/cNN``)."""
 
 
 def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: int, seed: int,
@@ -146,7 +148,8 @@ def resample(con: duckdb.DuckDBPyConnection, run_or_weights: Path, *, budget: in
         if copied:  # after the manifest that marks the folder as resample's, so a rerun may always replace it
             write_bytes(run.weights, raw)
             _copy_scores(scores_path, run.scores)
-    return ResampleResult(run_dir, files, alloc, pool, repeats, max_epochs, plan.capped, plan.warnings())
+    return ResampleResult(run_dir, files, alloc, pool, repeats, max_epochs, plan.capped, plan.warnings(),
+                          units.grouping)
 
 
 @dataclass(frozen=True)

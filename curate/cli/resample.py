@@ -67,12 +67,14 @@ def print_warnings(lines: list[str]) -> None:
 
 
 def allocation_table(res: ResampleResult) -> Table:
-    """Rows per source and their passes; with a capped source, what the weights alone would have given."""
+    """Rows per source (per group for a ``--group-by`` run) and their passes; with a capped one, what the weights
+    alone would have given."""
     cap = "no cap" if res.max_epochs is None else f"max {res.max_epochs:g} epochs"
-    t = Table(title=f"allocation ({cap})")
-    cols = ("source", "available", "rows", "epochs") + (("uncapped",) if res.capped else ())
+    unit = "source" if res.grouping is None else "group"
+    t = Table(title=f"allocation ({cap})" if res.grouping is None else f"allocation over {res.grouping} ({cap})")
+    cols = (unit, "available", "rows", "epochs") + (("uncapped",) if res.capped else ())
     for col in cols:
-        t.add_column(col, justify="left" if col == "source" else "right")
+        t.add_column(col, justify="left" if col == unit else "right")
     for s, k in res.allocation.items():
         row = [s, f"{res.available[s]:,}", f"{k:,}", f"{res.repeats[s]:.2f}"]
         if res.capped:

@@ -83,6 +83,7 @@ def test_baselines_weigh_groups_and_the_draw_exports(planted, tmp_path, method):
                               str(run), "--budget", "60", *(DOREMI if method == "doremi" else [])])
     assert res.exit_code == 0, res.output
     assert "groups of 'k2'" in res.output
+    assert "allocation over k2" in res.output  # the allocation table is over groups, and says so
     doc = json.loads((run / "weights.json").read_text())
     assert doc["group_counts"] == {"code": 60, "mixed/c00": pytest.approx(doc["group_counts"]["mixed/c00"]),
                                    "mixed/c01": 120 - doc["group_counts"]["mixed/c00"]}
