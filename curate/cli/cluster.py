@@ -66,25 +66,44 @@ def _table(result: ClusterResult, db: Path, target: str) -> Group:
         t.add_column("target share", justify="right", no_wrap=True)
     t.add_column("sample prompts", min_width=20)  # wrappable, so it is the column that narrows
     t.show_lines = True
+    prefix = common_prefix([s for g in result.groups for s in g.samples])
     for g in result.groups:
         where = next(iter(g.sources)) if len(g.sources) == 1 else ", ".join(f"{s} {n:,}" for s, n in g.sources.items())
         share = [f"{g.target_share:.1%}"] if has_target and g.target_share is not None else []
-        t.add_row(Text(g.label), f"{g.size:,}", Text(where), *share, _samples(g.samples))
+        t.add_row(Text(g.label), f"{g.size:,}", Text(where), *share, _samples(g.samples, prefix))
     how = "over all chosen sources" if result.settings.get("joint") else "per source"
     caption = (f"target share: of the {result.n_target:,} {target!r} rows, the share nearest each group's centroid"
                if has_target else f"no {target!r} target rows: target share skipped (pass --target, or ingest "
                                   "some with --split val)")
     if result.settings.get("joint"):
         caption += "; each row is stored as its own source/cluster (web/c03)"
+    if prefix:
+        caption += f"; every sample starts with {prefix!r}, shown as …"
     return framed(f"grouping {result.name} in {db} (k={result.settings.get('k')} {how}; "
                   f"{result.settings.get('embed')})", t, caption)
 
 
-def _samples(samples: list[str]) -> Text:
-    """One line per sample, cut with an ellipsis at the column's width rather than wrapped."""
-    return Text("\n".join(_one_line(s) for s in samples), no_wrap=True, overflow="ellipsis")
+def _samples(samples: list[str], prefix: str = "") -> Text:
+    """One line per sample, without the ``prefix`` every sample shares (a template or boilerplate opening would
+    otherwise fill the column and hide where the groups differ), cut with an ellipsis at the column's width rather
+    than wrapped."""
+    return Text("\n".join(_one_line(s, prefix) for s in samples), no_wrap=True, overflow="ellipsis")
 
 
-def _one_line(text: str) -> str:
+def common_prefix(samples: list[str], min_words: int = 3) -> str:
+    """The leading words all ``samples`` share (whitespace-normalised), if at least ``min_words`` of them and at
+    least one word is left in every sample; else ""."""
+    split = [s.split() for s in samples]
+    if len(split) < 2:
+        return ""
+    n = 0
+    while all(len(w) > n + 1 for w in split) and len({w[n] for w in split}) == 1:
+        n += 1
+    return " ".join(split[0][:n]) if n >= min_words else ""
+
+
+def _one_line(text: str, prefix: str = "") -> str:
     flat = " ".join(text.split())
+    if prefix and flat.startswith(prefix + " "):
+        flat = "…" + flat[len(prefix):]
     return flat if len(flat) <= SAMPLE_CHARS else flat[:SAMPLE_CHARS - 1] + "…"

@@ -237,3 +237,16 @@ def test_a_missing_extra_names_it(db, monkeypatch, module, expected):
     monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     _one_line_exit_2(runner.invoke(app, ["cluster", "--k", "2", "--db", str(db)]), *expected)
     assert _q(db, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'groups'") == [(0,)]
+
+
+def test_the_samples_shared_opening_is_dropped_so_groups_differ_in_view():
+    from curate.cli.cluster import _one_line, common_prefix
+
+    samples = ["Explain how item 3 of topic 1 relates to cats", "Explain how item 9 of topic 2 relates to dogs",
+               "Explain  how item 12 of topic 1 relates to cats"]
+    assert common_prefix(samples) == "Explain how item"
+    assert _one_line(samples[1], "Explain how item") == "… 9 of topic 2 relates to dogs"
+    assert common_prefix(["a b c d", "a b c e"]) == "a b c"
+    assert common_prefix(["a b c d", "a b c d"]) == "a b c"  # a word is left in every sample
+    assert common_prefix(["a b x", "a b y"]) == ""  # under 3 shared words: nothing dropped
+    assert common_prefix(["only one sample here"]) == ""
