@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.errors import ConfigError
+from curate.errors import ConfigError, Interrupted
 
 LAUNCHERS = ("none", "deepspeed")
 _RUN_DIR_ENV = "CURATE_RUN_DIR"
@@ -247,4 +247,18 @@ def spawn(nproc: int, run_dir: Path) -> int:
            "--master_addr=127.0.0.1", f"--master_port={port}", "--no-python", sys.executable, "-c",
            f"import json, os, sys; sys.argv[1:] = json.loads(os.environ['{_ARGV_ENV}']); "
            "from curate.cli import main; main()"]
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the ranks too: each finishes its step, they save
+        try:                   # one checkpoint and exit; a second Ctrl-C stops them at once
+            proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+        checkpoints = run_dir / "checkpoints"
+        if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
+            raise Interrupted(f"stopped before the ranks wrote a checkpoint ({checkpoints} is empty); start the "
+                              f"run again") from None
+        raise Interrupted(f"checkpoint in {checkpoints}; continue with `curate reweight --resume {run_dir} "
+                          f"--launcher deepspeed --nproc {nproc}`") from None

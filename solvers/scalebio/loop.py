@@ -352,20 +352,28 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
             for k, v in batch.items()}
 
 
+SIGINT_ECHO_S = 1.0
+"""A second SIGINT this soon after the first is the same Ctrl-C: under torchrun the terminal's SIGINT reaches every
+rank and the launcher forwards it again a moment later."""
+
+
 @contextlib.contextmanager
 def _deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag checked between steps; a second one raises at once."""
+    """Turn the first Ctrl-C into a flag checked between steps; a second one (later than :data:`SIGINT_ECHO_S`)
+    raises at once."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield lambda: False
         return
-    hits: list[int] = []
+    hits: list[float] = []
 
     def handler(signum: int, frame: Any) -> None:
-        hits.append(signum)
-        if len(hits) > 1:
+        now = time.monotonic()
+        if hits and now - hits[0] > SIGINT_ECHO_S:
             raise KeyboardInterrupt
-        log.warning("interrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort now)")
+        if not hits:
+            log.warning("interrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort now)")
+        hits.append(now)
 
     signal.signal(signal.SIGINT, handler)
     try:

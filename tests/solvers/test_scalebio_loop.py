@@ -106,6 +106,29 @@ def test_sigint_finishes_the_step_then_saves(sets, reference, tmp_path, python_s
     assert_same_run(run(sets, config(), checkpoint_dir=tmp_path, resume=True), reference)
 
 
+def test_a_forwarded_second_sigint_is_the_same_ctrl_c_but_a_later_one_aborts(sets, tmp_path,
+                                                                              python_sigint_handler, monkeypatch):
+    """Under torchrun a rank gets the terminal's SIGINT and the launcher's copy a moment later: within
+    SIGINT_ECHO_S they are one Ctrl-C (finish the step, save); a second press after it aborts at once."""
+    from solvers.scalebio import loop
+
+    after_both: list[int] = []
+
+    def twice(row):
+        if row["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            after_both.append(row["step"])  # not reached when the second one aborts at once
+
+    with pytest.raises(KeyboardInterrupt):
+        run(sets, config(), checkpoint_dir=tmp_path / "echo", on_step=twice)
+    assert after_both == [2] and ckpt.load(tmp_path / "echo")["step"] == 3
+    monkeypatch.setattr(loop, "SIGINT_ECHO_S", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        run(sets, config(), checkpoint_dir=tmp_path / "abort", on_step=twice)
+    assert after_both == [2]
+
+
 def test_resume_refuses_a_different_config(sets, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(sets, config(), checkpoint_dir=tmp_path, on_step=stop_at(1))
