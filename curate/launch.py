@@ -212,9 +212,7 @@ def check_deepspeed_config(user: dict[str, Any] | None, path: Path | None, cfg: 
         if stage not in (2, 3):
             raise ValueError(f"ZeRO stage {stage} is not 2 or 3 (zero_optimization.stage or --zero)")
         lisa = getattr(cfg, "lisa", False)
-        for bad, what in ((lisa and stage == 3, "lisa=true under ZeRO-3 (ZeRO-3 partitions every parameter when "
-                                                "the engine is built; use --zero 2)"),
-                          (getattr(cfg, "lower_level", "full") == "lora" and stage == 3,
+        for bad, what in ((getattr(cfg, "lower_level", "full") == "lora" and stage == 3,
                            "lower_level=lora under ZeRO-3 (the shared base would be partitioned twice; use --zero 2)"),
                           (lisa and not getattr(cfg, "lisa_release_state", True),
                            "lisa_release_state=false (each LISA draw rebuilds the engines; drop the setting)")):

@@ -15,13 +15,18 @@ compiling DeepSpeed's fused_adam) and ``gradient_clipping`` of ``grad_clip`` (u)
 
 What ZeRO cannot do natively, and what this module does instead:
 
-- **LISA** (ZeRO-1/2). ZeRO partitions what trains when the engine is built, so every LISA draw rebuilds both
+- **LISA** (ZeRO-1/2/3). ZeRO partitions what trains when the engine is built, so every LISA draw rebuilds both
   engines over the new active set (as LMFlow's LISA trainer re-creates its DeepSpeed optimizer on each switch).
   The AdamW moments of the parameters that keep training (embeddings, head, blocks drawn again) are carried over
-  through DeepSpeed's tensor-fragment API (``safe_get/set_full_optimizer_state``), grouped by their step count so
-  bias correction matches one process; the frozen blocks' moments are dropped (``lisa_release_state``), so each
-  rank holds fp32 copies, gradients and moments of the active blocks only. ZeRO-3 partitions every parameter at
-  build time and is refused with LISA, as is ``lisa_release_state=False``.
+  through DeepSpeed's tensor-fragment API (``safe_get/set_full_optimizer_state``; under ZeRO-3 each rank carries
+  its own partitions, ``safe_get/set_local_optimizer_state``), grouped by their step count so bias correction
+  matches one process; the frozen blocks' moments are dropped (``lisa_release_state``), so each
+  rank holds fp32 copies, gradients and moments of the active blocks only. Under ZeRO-3 the first engine
+  partitions every parameter of the module, frozen or not, and the module stays partitioned: a rebuild releases
+  every gathered parameter, destroys the old engine, strips what it left on the module (:func:`_unhook_zero3`)
+  and builds the new one over the same partitioned module, as over a ``zero.Init`` model: a rebuild gathers no
+  parameter, and each rank keeps its partitions (of frozen blocks too) where they are. Refused: LISA at ZeRO-0
+  and ``lisa_release_state=False``.
 - **α stages.** A new stage rebuilds both engines (w's clipping follows α, and the moments reset as on one process).
 - **LoRA** (ZeRO-0/1/2). u and w are engines over the two adapter views of one shared, frozen base (held whole
   on every rank); only the adapters are partitioned. ZeRO-3 would partition the base twice and is refused.
@@ -315,8 +320,9 @@ class DeepSpeedEngine(Engine):
                 self._hand_over(state, i, None)
                 _release(old)
                 del old
-                for p in self.modules[i].parameters():  # stop viewing the old engine's flat buffers
-                    p.data = p.data.clone()
+                if self.stage < 3:  # stop viewing the old engine's flat buffers (ZeRO-3: done in _release)
+                    for p in self.modules[i].parameters():
+                        p.data = p.data.clone()
                 gc.collect()
             if groups is not None:
                 model_groups = groups[i]
@@ -338,23 +344,23 @@ class DeepSpeedEngine(Engine):
             state.w, state.opt_w = model, opt
 
     def _moments(self, i: int, engine: Any, still: set[str]) -> dict[str, tuple[int, torch.Tensor, torch.Tensor]]:
-        """Full (gathered, on the host) AdamW moments and step count of each of model i's parameters in ``still``
-        (empty if the engine has not stepped since it was built)."""
-        from deepspeed.utils import safe_get_full_optimizer_state
-
+        """AdamW moments (on the host) and step count of each of model i's parameters in ``still`` (empty if the
+        engine has not stepped since it was built): full (gathered) at ZeRO-1/2, whose partitions follow the flat
+        groups; under ZeRO-3 this rank's partition of each, which is the same in every engine."""
+        get = _moment_api(engine.zero_optimization_partition_weights())[0]
         inner = _inner(engine)
         if not inner.state:
             return {}
         _link(engine)
-        steps = [int(inner.state[g["params"][0]]["step"]) for g in inner.param_groups]
+        steps = {g: int(inner.state[flat]["step"]) for g, flat in flat_partitions(engine)}
         params = dict(self.modules[i].named_parameters())
         out = {}
         for g, names in enumerate(self.groups[i]):
             for name in names:
                 if name in still:
                     p = params[name]
-                    out[name] = (steps[g], safe_get_full_optimizer_state(p, "exp_avg").to("cpu", copy=True),
-                                 safe_get_full_optimizer_state(p, "exp_avg_sq").to("cpu", copy=True))
+                    out[name] = (steps[g], get(p, "exp_avg").to("cpu", copy=True),
+                                 get(p, "exp_avg_sq").to("cpu", copy=True))
         return out
 
     def _build(self, i: int, groups: list[list[str]],
@@ -414,19 +420,60 @@ class DeepSpeedEngine(Engine):
 def _release(engine: Any) -> None:
     """Destroy an engine and remove the hooks it left on its module: ``destroy()`` keeps them (DeepSpeed 0.19),
     and through their closures every rebuilt engine, buffers and all, would stay alive (measured: one more per
-    LISA draw)."""
+    LISA draw). Under ZeRO-3 the module stays partitioned (see :func:`_unhook_zero3`)."""
+    zero3 = engine.zero_optimization_partition_weights()
+    if zero3:
+        engine.empty_partition_cache()  # every parameter back to its partition, persistent ones included
     engine.destroy()
     for name in ("module_forward_pre_hook", "module_forward_post_hook", "first_dataloader_check"):
         handle = getattr(engine, name, None)
         if handle is not None:
             handle.remove()
             setattr(engine, name, None)
+    if zero3:
+        _unhook_zero3(engine.module)
+
+
+def _unhook_zero3(module: nn.Module) -> None:
+    """Leave a ZeRO-3 module partitioned but free of its destroyed engine, so the next engine takes it over as a
+    ``zero.Init`` model (DeepSpeed converts only parameters that are not ZeRO parameters yet).
+
+    ``destroy()`` removes the engine's module and gradient hooks but keeps, per submodule, the autograd functions
+    of its backward hooks (``pre_bwd_fn``/``post_bwd_fn``, closures over the old parameter coordinator, which a
+    new engine would reuse rather than replace), the module on DeepSpeed's forward stack, and on every parameter
+    a link to the old optimizer; and the partitions it trained view its flat buffer, which they would keep alive
+    once they stop training. Each parameter keeps its partition (``ds_tensor``) and ZeRO attributes."""
+    from deepspeed.runtime.zero import parameter_offload
+
+    for m in module.modules():
+        for key in ("pre_bwd_fn", "post_bwd_fn"):
+            m.__dict__.pop(key, None)
+    stack = parameter_offload.FWD_MODULE_STACK
+    for k in range(len(stack) - 1, -1, -1):
+        if stack[k] is module:
+            del stack[k]
+            break
+    for p in module.parameters():
+        if hasattr(p, "_z3_optimizer"):
+            del p._z3_optimizer
+        part = getattr(p, "ds_tensor", None)
+        if part is not None and part.untyped_storage().nbytes() > part.numel() * part.element_size():
+            part.data = part.data.clone()
 
 
 def _inner(engine: Any) -> torch.optim.Optimizer:
     """The torch AdamW inside an engine's ZeRO optimizer (the engine's own optimizer at stage 0)."""
     opt = engine.optimizer
     return getattr(opt, "optimizer", opt)
+
+
+def flat_partitions(engine: Any) -> list[tuple[int, torch.Tensor]]:
+    """This rank's flat fp32 partitions (the tensors its AdamW steps, keys of its state), each with the index of
+    its parameter group. ZeRO-3 splits a group into sub-groups and puts them into the group only while stepping."""
+    opt = engine.optimizer
+    if hasattr(opt, "fp32_partitioned_groups_flat"):
+        return [(opt.sub_group_to_group_id[s], flat) for s, flat in enumerate(opt.fp32_partitioned_groups_flat)]
+    return [(g, flat) for g, group in enumerate(_inner(engine).param_groups) for flat in group["params"]]
 
 
 def _link(engine: Any) -> None:
@@ -442,18 +489,28 @@ def _set_moments(engine: Any, groups: list[list[str]], params: Mapping[str, nn.P
                  kept: Mapping[str, tuple[int, torch.Tensor, torch.Tensor]]) -> None:
     """Give a fresh engine the carried AdamW state: each group's step count and its parameters' moments (zero
     for parameters that just joined), laid out as torch's AdamW would have created them."""
-    from deepspeed.utils import safe_set_full_optimizer_state
-
+    put = _moment_api(engine.zero_optimization_partition_weights())[1]
     inner = _inner(engine)
-    for g, group in zip(groups, inner.param_groups, strict=True):
-        age = kept[g[0]][0] if g[0] in kept else 0
-        for flat in group["params"]:
-            inner.state[flat] = {"step": torch.tensor(float(age)), "exp_avg": torch.zeros_like(flat),
-                                 "exp_avg_sq": torch.zeros_like(flat)}
+    if len(groups) != len(inner.param_groups):
+        raise RuntimeError(f"{len(groups)} parameter groups, but the engine's AdamW has {len(inner.param_groups)}")
+    for g, flat in flat_partitions(engine):
+        age = kept[groups[g][0]][0] if groups[g][0] in kept else 0
+        inner.state[flat] = {"step": torch.tensor(float(age)), "exp_avg": torch.zeros_like(flat),
+                             "exp_avg_sq": torch.zeros_like(flat)}
     _link(engine)
     for name, (_, exp_avg, exp_avg_sq) in kept.items():
-        safe_set_full_optimizer_state(params[name], exp_avg, "exp_avg")
-        safe_set_full_optimizer_state(params[name], exp_avg_sq, "exp_avg_sq")
+        put(params[name], exp_avg, "exp_avg")
+        put(params[name], exp_avg_sq, "exp_avg_sq")
+
+
+def _moment_api(zero3: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """DeepSpeed's getter and setter of one parameter's optimizer state: this rank's partition under ZeRO-3
+    (no gather; a parameter's partition does not depend on the groups), the full tensor at ZeRO-1/2."""
+    from deepspeed import utils
+
+    if zero3:
+        return utils.safe_get_local_optimizer_state, utils.safe_set_local_optimizer_state
+    return utils.safe_get_full_optimizer_state, utils.safe_set_full_optimizer_state
 
 
 def check_supported(cfg: ScaleBiOConfig, stage: int) -> None:
@@ -462,7 +519,7 @@ def check_supported(cfg: ScaleBiOConfig, stage: int) -> None:
     Raises:
         ValueError: naming the setting and the fix.
     """
-    for bad, what in ((cfg.lisa and stage in (0, 3), f"LISA under ZeRO-{stage} (use --zero 2)"),
+    for bad, what in ((cfg.lisa and stage == 0, "LISA under ZeRO-0 (use --zero 2)"),
                       (cfg.lisa and not cfg.lisa_release_state, "lisa_release_state=False"),
                       (cfg.lower_level == "lora" and stage == 3, "lower_level='lora' under ZeRO-3 (use --zero 2)")):
         if bad:
@@ -484,7 +541,7 @@ def fit_distributed(model: nn.Module, train: BatchSampler, val: BatchSampler, cf
     :func:`solvers.scalebio.fit`.
 
     Raises:
-        ValueError: an unsupported combination (LISA or LoRA under ZeRO-3, LISA at stage 0, LISA without state
+        ValueError: an unsupported combination (LoRA under ZeRO-3, LISA at stage 0, LISA without state
             release), a ``ds_config`` key curate owns, or a global batch smaller than the world.
         NonFiniteLossError: a global loss or gradient became NaN/inf.
         KeyboardInterrupt: after the checkpoint of the last completed step (every rank stops at the same step).

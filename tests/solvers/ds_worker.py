@@ -11,6 +11,7 @@ takes the ZeRO stage from ``--ds-config``. ``--kill-at S`` makes rank 0 SIGKILL 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -57,10 +58,18 @@ def problem(variant: str):
 
 
 def result_doc(result) -> dict:
+    """The result as JSON; call it on every rank (under ZeRO-3 w's parameters are gathered from all of them)."""
     module = getattr(result.model, "module", result.model)  # a DeepSpeed engine's module
+    params = list(module.parameters())
+    gathered = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3: each rank holds a partition
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params)
+    with gathered:
+        w_sum = float(sum(p.detach().double().sum() for p in params))
     return {"weights": result.weights, "target_loss": [r["target_loss"] for r in result.trajectory],
-            "grad_norm_w": [r["grad_norm_w"] for r in result.trajectory],
-            "w_sum": float(sum(p.detach().double().sum() for p in module.parameters()))}
+            "grad_norm_w": [r["grad_norm_w"] for r in result.trajectory], "w_sum": w_sum}
 
 
 def main() -> None:
