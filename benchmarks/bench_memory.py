@@ -133,7 +133,7 @@ def ds_child(args: argparse.Namespace) -> None:
     buckets and partitions, not counted)."""
     import torch.distributed as dist
 
-    from solvers.distributed import DeepSpeedEngine, check_supported, shutdown
+    from solvers.distributed import DeepSpeedEngine, check_supported, flat_partitions, shutdown
     from solvers.scalebio import ScaleBiOConfig, fit
 
     torch.set_num_threads(args.threads)
@@ -148,9 +148,11 @@ def ds_child(args: argparse.Namespace) -> None:
     def on_step(_row: dict[str, float]) -> None:
         nonlocal held
         inner = [getattr(e.optimizer, "optimizer", e.optimizer) for e in engine.engines]
-        flat = [p for o in inner for g in o.param_groups for p in g["params"]]
-        now = MemoryBreakdown(breakdown(engine.modules, []).params, 0,
-                              sum(optimizer_state_bytes(o) for o in inner) + tensor_bytes(flat))
+        flat = [f for e in engine.engines for _, f in flat_partitions(e)]
+        # the module's tensors: whole parameters, or under ZeRO-3 this rank's partitions (ds_tensor)
+        params = [t for m in engine.modules for p in m.parameters() for t in (p.data, getattr(p, "ds_tensor", None))]
+        optim = sum(optimizer_state_bytes(o) for o in inner) + tensor_bytes(flat)
+        now = MemoryBreakdown(tensor_bytes(params), 0, optim)
         held = now if now.total > held.total else held
 
     try:
