@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print the raw numbers as JSON too")
     ap.add_argument("--child", choices=VARIANTS + tuple(DS_VARIANTS), help=argparse.SUPPRESS)
     ap.add_argument("--ds-out", help=argparse.SUPPRESS)  # a torchrun rank writes its numbers to DS_OUT.RANK
+    ap.add_argument("--ds-config", default="", help="a DeepSpeed JSON config for the *_ds2_* rows (buckets, offload)")
     args = ap.parse_args(argv)
     check_device_args(args)
     use_model_vocab(args)
@@ -137,7 +138,8 @@ def ds_child(args: argparse.Namespace) -> None:
     from solvers.scalebio import ScaleBiOConfig, fit
 
     torch.set_num_threads(args.threads)
-    engine = DeepSpeedEngine(DS_VARIANTS[args.child])
+    user = json.loads(open(args.ds_config).read()) if args.ds_config else None
+    engine = DeepSpeedEngine(DS_VARIANTS[args.child], user)
     batch, val = make_batch(args, 0), make_batch(args, 1)
     floor = memory_now(args.device)
     cfg = ScaleBiOConfig(steps=args.steps, batch_size=args.batch, val_batch_size=args.batch, lr_model=1e-4,
@@ -170,7 +172,7 @@ def ds_child(args: argparse.Namespace) -> None:
 
 def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     keys = ("model", "vocab", "hidden", "layers", "batch", "seq", "sources", "lisa_layers", "lisa_period", "lora_r",
-            "steps", "threads", "device")
+            "steps", "threads", "device", "ds_config")
     flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in keys] + (["--bf16"] if args.bf16 else [])
     if variant in DS_VARIANTS:
         return measure_ranks(args, variant, flags)
