@@ -69,7 +69,7 @@ from solvers.scalebio.config import ScaleBiOConfig
 from solvers.scalebio.engine import Batch, Engine
 from solvers.scalebio.lisa import Lisa
 from solvers.scalebio.loop import BatchSampler, ScaleBiOResult, enable_checkpointing, fit, lora_spec
-from solvers.scalebio.step import NonFiniteLossError, SolverState, set_lr
+from solvers.scalebio.step import NonFiniteLossError, SolverState, model_pair, new_logits, set_lr
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
@@ -185,15 +185,6 @@ def _auto_keys(node: Mapping[str, Any], prefix: str = "") -> list[str]:
     return found
 
 
-def _copy(model: nn.Module, checkpointing: bool) -> nn.Module:
-    """An independent copy of the base model for u or w, in train mode (the training passes run so whatever mode
-    ``model`` arrived in; the target pass switches by ``eval_mode``), with gradient checkpointing when asked for."""
-    copied = copy.deepcopy(model).train()
-    if checkpointing:
-        enable_checkpointing(copied)
-    return copied
-
-
 def _local_device() -> torch.device:
     """This rank's accelerator (``cuda:LOCAL_RANK``), or the CPU under ``DS_ACCELERATOR=cpu``."""
     from deepspeed.accelerator import get_accelerator
@@ -264,23 +255,11 @@ class DeepSpeedEngine(Engine):
     # -- building and rebuilding u and w --------------------------------------------------------------------
     def init_state(self, model: nn.Module, n_sources: int, cfg: ScaleBiOConfig, consume: bool) -> SolverState:
         self.cfg, self.alpha = cfg, cfg.alpha
-        spec = lora_spec(cfg)
-        if spec is not None:
-            from solvers.scalebio.lora import lora_pair
-
-            u_mod, w_mod = lora_pair(model, spec, consume=consume)
-            u_mod.train()
-            w_mod.train()
-            if cfg.gradient_checkpointing:
-                enable_checkpointing(u_mod, w_mod)
-        else:
-            w_mod = _copy(model, cfg.gradient_checkpointing)
-            u_mod = model.train() if consume else _copy(model, cfg.gradient_checkpointing)
-            if consume and cfg.gradient_checkpointing:
-                enable_checkpointing(u_mod)
-        self.modules = [u_mod, w_mod]
-        device = next(model.parameters()).device
-        logits = torch.zeros(n_sources, dtype=torch.float32, device=device, requires_grad=True)
+        self.modules = list(model_pair(model, lora_spec(cfg), consume))
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(*self.modules)
+        u_mod, w_mod = self.modules
+        logits = new_logits(n_sources, model)
         opt_lambda = torch.optim.AdamW([logits], lr=cfg.lr_lambda, weight_decay=cfg.lambda_weight_decay)
         if cfg.lisa:  # the engines are built at the first draw, over its active blocks only
             return SolverState(u_mod, w_mod, logits, None, None, opt_lambda)  # type: ignore[arg-type]

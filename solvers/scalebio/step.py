@@ -85,24 +85,32 @@ def init_state(model: nn.Module, n_sources: int, lr_model: float, lr_lambda: flo
     caller's model is then trained in place.
     λ is fp32 (fp64 for an fp64 model) on the model's device whatever the model's dtype.
     """
-    u: nn.Module
-    w: nn.Module
-    if lora is not None:
-        from solvers.scalebio.lora import lora_pair
-
-        u, w = lora_pair(model, lora, consume=consume)
-    else:
-        w = copy.deepcopy(model)
-        u = model if consume else copy.deepcopy(model)
-    ref = next(model.parameters())
-    dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
-    logits = torch.zeros(n_sources, dtype=dtype, device=ref.device, requires_grad=True)
+    u, w = model_pair(model, lora, consume)
+    logits = new_logits(n_sources, model)
     return SolverState(
         u=u, w=w, logits=logits,
         opt_u=torch.optim.AdamW(u.parameters(), lr=lr_model, weight_decay=weight_decay),
         opt_w=torch.optim.AdamW(w.parameters(), lr=lr_model, weight_decay=weight_decay),
         opt_lambda=torch.optim.AdamW([logits], lr=lr_lambda, weight_decay=lambda_weight_decay),
     )
+
+
+def model_pair(model: nn.Module, lora: LoraSpec | None = None, consume: bool = False) -> tuple[nn.Module, nn.Module]:
+    """u and w as :func:`init_state` describes them (deep copies, or two adapters over one base; ``consume``: u
+    is ``model`` itself), for any engine to wrap."""
+    if lora is not None:
+        from solvers.scalebio.lora import lora_pair
+
+        return lora_pair(model, lora, consume=consume)
+    w = copy.deepcopy(model)
+    return (model if consume else copy.deepcopy(model)), w
+
+
+def new_logits(n_sources: int, model: nn.Module) -> torch.Tensor:
+    """λ = 0 (uniform weights): fp32 (fp64 for an fp64 model) on the model's device whatever its dtype."""
+    ref = next(model.parameters())
+    dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    return torch.zeros(n_sources, dtype=dtype, device=ref.device, requires_grad=True)
 
 
 def accumulate_grads(state: SolverState, train_batch: Batch, val_batch: Batch, alpha: float, n_sources: int,

@@ -124,12 +124,3 @@ def test_dropout_is_live_in_the_training_passes(sets, arithmetic_tokenizer):
         return torch.cat([q.detach().flatten() for q in model.parameters()])
 
     assert not torch.equal(tuned(0.1), tuned(0.0))
-
-
-def test_distributed_copies_of_u_and_w_are_in_train_mode(arithmetic_tokenizer):
-    from solvers.distributed import _copy
-
-    model = dropout_gpt2(len(arithmetic_tokenizer))
-    copied = _copy(model, checkpointing=False)
-    assert all(m.training for m in copied.modules())
-    assert not any(m.training for m in model.modules())
