@@ -7,7 +7,10 @@ Benchmarks are scripts (`python benchmarks/bench_x.py`), so this module is impor
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import socket
+import subprocess
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -179,3 +182,20 @@ class FixedBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+DS_PROCS = 2
+"""Ranks of the benchmarks' DeepSpeed rows (gloo, CPU)."""
+
+
+def run_ranks(script: str, script_args: list[str], threads: int) -> subprocess.CompletedProcess[str]:
+    """``script`` on :data:`DS_PROCS` torchrun ranks (gloo, ``DS_ACCELERATOR=cpu``) on a free port, each rank with
+    ``threads // DS_PROCS`` threads, so together they use what one process of the benchmark uses."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    per_rank = max(1, threads // DS_PROCS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={DS_PROCS}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", os.path.abspath(script), *script_args, f"--threads={per_rank}"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(per_rank)}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -35,8 +35,8 @@ import sys
 from typing import Any
 
 import torch
-from _common import FineTune as _FineTune
 from _common import (
+    DS_PROCS,
     FixedBatches,
     add_device_args,
     add_size_args,
@@ -46,9 +46,11 @@ from _common import (
     memory_now,
     memory_peak,
     new_model,
+    run_ranks,
     sync,
     use_model_vocab,
 )
+from _common import FineTune as _FineTune
 from _common import ScaleBiO as _ScaleBiO
 
 from solvers.memory import MemoryBreakdown, breakdown, optimizer_state_bytes, tensor_bytes
@@ -56,7 +58,6 @@ from solvers.scalebio.loop import enable_checkpointing
 
 VARIANTS = ("finetune", "scalebio", "scalebio_ckpt", "scalebio_lisa", "scalebio_lisa_keep", "scalebio_lora")
 DS_VARIANTS = {"scalebio_lisa_ds2_zero2": 2, "scalebio_lisa_ds2_zero3": 3}  # per rank, 2 gloo ranks (CPU only)
-DS_PROCS = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,22 +187,14 @@ def measure(args: argparse.Namespace, variant: str) -> dict[str, Any]:
 def measure_ranks(args: argparse.Namespace, variant: str, flags: list[str]) -> dict[str, Any]:
     """The rank that peaked highest of a 2-rank torchrun job (each rank with half the threads)."""
     import importlib.util
-    import socket
     import tempfile
 
     if args.device != "cpu" or importlib.util.find_spec("deepspeed") is None:
         return {"error": "needs deepspeed and --device cpu (gloo ranks)"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    threads = max(1, args.threads // DS_PROCS)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rank")
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={DS_PROCS}",
-               "--master_addr=127.0.0.1", f"--master_port={port}", os.path.abspath(__file__), "--child", variant,
-               f"--ds-out={out}", *[f for f in flags if not f.startswith("--threads=")], f"--threads={threads}"]
-        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        res = run_ranks(__file__, ["--child", variant, f"--ds-out={out}",
+                                   *[f for f in flags if not f.startswith("--threads=")]], args.threads)
         ranks = [json.load(open(f"{out}.{r}")) for r in range(DS_PROCS) if os.path.exists(f"{out}.{r}")]
     if not ranks:
         return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}

@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 from _common import (
+    DS_PROCS,
     FineTune,
     FixedBatches,
     ScaleBiO,
@@ -50,6 +50,7 @@ from _common import (
     memory_now,
     memory_peak,
     new_model,
+    run_ranks,
     sync,
     use_model_vocab,
 )
@@ -187,7 +188,6 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     return out
 
 
-DS_PROCS = 2
 SIZE_FLAGS = ("vocab", "hidden", "layers", "batch", "seq", "sources", "warmup", "repeats")
 
 
@@ -225,17 +225,10 @@ def deepspeed_child(args: argparse.Namespace) -> None:
 
 def time_deepspeed(args: argparse.Namespace, variant: str) -> dict[str, list[Any]]:
     """Step times of ``variant`` on ``DS_PROCS`` torchrun ranks (gloo, CPU), sharing the threads of the others."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "times.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={DS_PROCS}",
-               "--master_addr=127.0.0.1", f"--master_port={port}", __file__, f"--ds-child={out}",
-               f"--ds-variant={variant}", f"--threads={max(1, args.threads // DS_PROCS)}",
-               f"--lisa-layers={args.lisa_layers}"] + [f"--{k}={getattr(args, k)}" for k in SIZE_FLAGS]
-        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(max(1, args.threads // DS_PROCS))}
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        res = run_ranks(__file__, [f"--ds-child={out}", f"--ds-variant={variant}", f"--lisa-layers={args.lisa_layers}",
+                                   *[f"--{k}={getattr(args, k)}" for k in SIZE_FLAGS]], args.threads)
         if res.returncode != 0:
             raise RuntimeError(f"the DeepSpeed run failed:\n{res.stderr[-3000:]}")
         with open(out) as f:
