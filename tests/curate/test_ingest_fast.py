@@ -123,11 +123,14 @@ def _ingest_all(tmp: Path, name: str, general: bool, monkeypatch) -> tuple:
     return outcomes, _stored(root / "c.duckdb", root)
 
 
-@pytest.mark.parametrize("small_rows", [10**9, 0], ids=["one-pass", "keys-first"])
-def test_fast_path_stores_exactly_what_the_general_path_stores(tmp_path, monkeypatch, small_rows):
-    """Both ways the fast path goes: a file under a row group in one pass (duplicates deleted after), and a bigger
-    one that finds its duplicates before it inserts."""
+@pytest.mark.parametrize(("small_rows", "twins_from"), [(10**9, 10**9), (10**9, 0), (0, 0)],
+                         ids=["one-pass", "line-twins", "keys-first"])
+def test_fast_path_stores_exactly_what_the_general_path_stores(tmp_path, monkeypatch, small_rows, twins_from):
+    """Every way the fast path goes: a file under a row group in one pass (duplicates deleted after), a bigger one
+    whose repeated lines are left out of the insert, and one so big that it finds its duplicates before it
+    inserts."""
     monkeypatch.setattr(fast, "SMALL_FILE_ROWS", small_rows)
+    monkeypatch.setattr(fast, "TWINS_FROM_LINES", twins_from)
     used: list[str] = []
     real = fast.load_fast
 
@@ -147,11 +150,13 @@ def test_fast_path_stores_exactly_what_the_general_path_stores(tmp_path, monkeyp
     assert not {"blank.jsonl", "tb.jsonl", "dupkey.jsonl"} & set(used)
 
 
-@pytest.mark.parametrize("small_rows", [10**9, 0], ids=["one-pass", "keys-first"])
-def test_fast_path_line_numbers_follow_the_file_at_scale(tmp_path, monkeypatch, small_rows):
+@pytest.mark.parametrize(("small_rows", "twins_from"), [(10**9, 10**9), (10**9, 0), (0, 0)],
+                         ids=["one-pass", "line-twins", "keys-first"])
+def test_fast_path_line_numbers_follow_the_file_at_scale(tmp_path, monkeypatch, small_rows, twins_from):
     """Many thousands of rows still get their own line numbers and the general path's hashes, and repeats are found
     however far apart they are."""
     monkeypatch.setattr(fast, "SMALL_FILE_ROWS", small_rows)
+    monkeypatch.setattr(fast, "TWINS_FROM_LINES", twins_from)
     n = 60_000
     path = tmp_path / "big.jsonl"
     path.write_text("".join(json.dumps({"instruction": f"q{i % 59_000}", "input": "", "output": f"a{i % 59_000}"})
@@ -184,3 +189,98 @@ def test_stored_content_of_the_fixture_is_what_it_was_before_the_fast_path(tmp_p
             except Exception:  # the all-rejected file fails, as it always did
                 pass
     assert _digest(root / "c.duckdb", root) == PINNED
+
+
+def _repeat_files(d: Path) -> list[Path]:
+    """Files whose duplicates are the same line again (never inserted by the fast path), mixed with repeats of the
+    same content written differently (inserted, then deleted), rejects repeated, and hard rows repeated."""
+    d.mkdir()
+    a = {"instruction": "a", "input": "", "output": "x"}
+    b = {"instruction": "b", "input": "ctx", "output": "y"}
+    rows = [a, b, a, a, {"output": "x", "input": "", "instruction": "a"}, b, {"instruction": "c", "output": "z"}, a]
+    clean = _write(d / "clean_repeats.jsonl", rows)
+    bad = {"instruction": "d", "output": ""}
+    hard = {"instruction": "e", "input": "42", "output": "w"}
+    mixed = _write(d / "mixed_repeats.jsonl", [bad, a, bad, hard, a, hard, {"instruction": "e\n\n42", "output": "w"},
+                                               b, bad])
+    other = _write(d / "repeats_of_stored.jsonl", [b, b, {"instruction": "f", "output": "v"}, b])
+    return [clean, mixed, other]
+
+
+class _Recording:
+    """A connection that keeps the text of every statement it runs."""
+
+    def __init__(self, con):
+        self._con, self.sql = con, []
+
+    def execute(self, sql, *args, **kwargs):
+        self.sql.append(" ".join(sql.split()))
+        return self._con.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def test_repeated_lines_are_duplicates_the_fast_path_never_stores(tmp_path, monkeypatch):
+    """In a file bigger than a row group, a line that repeats an earlier one is counted as its duplicate (or rejected
+    again) without being inserted: the stored rows, rejects and counts are the general path's, and no delete runs
+    for a file whose only duplicates are repeated lines."""
+    monkeypatch.setattr(fast, "TWINS_FROM_LINES", 0)  # as if these few lines were many
+    out = {}
+    for name in ("fast", "general"):
+        root = tmp_path / name
+        root.mkdir()
+        files = _repeat_files(root / "in")
+        with monkeypatch.context() as m:
+            if name == "general":
+                def refuse(*args, **kwargs):
+                    raise fast.Unsuitable("test: general path only")
+                m.setattr(fast, "load_fast", refuse)
+            with open_db(root / "c.duckdb") as con:
+                reports = [ingest_paths(con, [f])[0] for f in files[:2]]
+                # the third file's rows partly repeat rows already stored in its source
+                reports += ingest_paths(con, [files[2]], source="clean_repeats")
+                reports += ingest_paths(con, [files[0]], source="clean_again")
+        out[name] = ([(r.rows_read, r.kept, r.duplicates, r.rejected, r.sources, r.reasons) for r in reports],
+                     _stored(root / "c.duckdb", root))
+    assert out["fast"] == out["general"]
+    counts = out["fast"][0]
+    assert counts[0][:4] == (8, 3, 5, 0)  # a, b, c kept; three repeated lines of a, one of b, one a re-ordered
+    assert counts[1][:4] == (9, 3, 3, 3)  # the empty output rejected three times; a, the hard e, b kept
+    assert counts[2][:4] == (4, 1, 3, 0)  # b was stored by the first file: only f is new
+    assert counts[3][:4] == (8, 3, 5, 0)  # the same file into another source: the same rows
+    lines_only = _write(tmp_path / "lines_only.jsonl", [{"instruction": "p", "output": "q"},
+                                                        {"instruction": "r", "output": "s"}] * 3)
+    with open_db(tmp_path / "rec.duckdb") as con:
+        rec = _Recording(con)
+        (r,) = ingest_paths(rec, [lines_only])
+    assert (r.kept, r.duplicates) == (2, 4)
+    assert any("fast_line_twins" in q for q in rec.sql)  # the fast path ran, and found the twins on the lines
+    assert not [q for q in rec.sql if q.startswith("DELETE FROM example_rows")]
+
+
+def test_line_twins_are_exact(tmp_path):
+    """Repeated lines are found by text, not by hash alone; a file with a blank line is not numbered by lines."""
+    path = _write(tmp_path / "t.jsonl", ['{"a": 1}', '{"b": 2}', '{"a": 1}', '{"a": 1} ', '{"b": 2}'])
+    blank_path = _write(tmp_path / "b.jsonl", ['{"a": 1}', "", '{"a": 1}'])
+    with open_db(tmp_path / "c.duckdb") as con:
+        assert fast._line_twins(con, str(path), 5) == 2  # line 4 has a trailing space: another line
+        got = con.execute("SELECT origin_row, first_row FROM fast_line_twins ORDER BY 1").fetchall()
+        assert got == [(3, 1), (5, 2)]
+        con.execute("DROP TABLE fast_line_twins")
+        assert fast._line_twins(con, str(blank_path), 3) == 0
+
+
+def test_number_starts_cover_every_string_duckdb_reads_as_a_number():
+    """The first-character gate in front of ``try_cast`` (fast._ambiguous) only skips strings that cannot be
+    numbers: every character a parsable string can start with is in it."""
+    import duckdb
+
+    con = duckdb.connect()
+    tails = ["1", "1.5", "e5", ".5", " 1", "nf", "NF", "an", "AN", "nfinity", "aN", ""]
+    firsts = [*range(1, 128), 0x85, 0xA0, 0x1680, 0x2000, 0x2009, 0x202F, 0x3000, 0xFEFF, 0xFF11]
+    for c in firsts:
+        for t in tails:
+            s = chr(c) + t
+            if con.execute("SELECT try_cast(? AS DOUBLE) IS NOT NULL", [s]).fetchone()[0]:
+                assert c in fast.NUMBER_STARTS or (c in (73, 78, 105, 110) and ord(t[0]) in (65, 78, 97, 110)), s
