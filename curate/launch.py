@@ -12,6 +12,7 @@ its own finished chunks in ``RUN/checkpoints``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -27,6 +28,8 @@ LAUNCHERS = ("none", "deepspeed")
 _RUN_DIR_ENV = "CURATE_RUN_DIR"
 _ARGV_ENV = "CURATE_RANK_ARGV"
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,41 @@ def check_deepspeed_config(user: dict[str, Any] | None, path: Path | None, cfg: 
     return stage
 
 
+SHUTDOWN_TIMEOUT_S = 300
+"""How long torchrun's agent waits, after a Ctrl-C, for the ranks to finish their step and save a checkpoint
+before it kills them (torchrun's own default is 30 s; ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` overrides it)."""
+
+_AGENT_NOTES = ("death signal", "closing signal")
+"""What torchrun's agent logs as it passes a Ctrl-C on to the ranks (curate's parent says what happened)."""
+
+NOTICE_S = 15.0
+"""After a Ctrl-C, how long the parent waits for the ranks in silence before it says it is still waiting."""
+
+
+def _quiet_on_ctrl_c(body: str) -> str:
+    """``python -c`` code that runs ``body`` and exits 130 without a traceback on a Ctrl-C that comes while the
+    process still imports (before torchrun's or curate's own handling)."""
+    return f"import sys\ntry:\n    {body}\nexcept KeyboardInterrupt:\n    sys.exit({Interrupted.exit_code})\n"
+
+
+_AGENT_MAIN = _quiet_on_ctrl_c("from curate.launch import run_agent; run_agent()")
+_RANK_MAIN = _quiet_on_ctrl_c(f"import json, os; sys.argv[1:] = json.loads(os.environ['{_ARGV_ENV}']); "
+                              "from curate.cli import main; main()")
+"""What torchrun's agent and each rank run (``python -c``): the rank runs this command, with its arguments from
+the environment."""
+
+
 def spawn(nproc: int, run_dir: Path) -> int:
-    """Re-run this command on ``nproc`` ranks under torchrun (rank 0 writes ``run_dir``); its exit code."""
+    """Re-run this command on ``nproc`` ranks under torchrun (rank 0 writes ``run_dir``); its exit code.
+
+    A Ctrl-C reaches this process and torchrun's agent (the ranks run in sessions of their own); the agent passes
+    it on to every rank, which finishes its step and saves a checkpoint, and exits without a traceback
+    (:func:`run_agent`); this process then prints the one line that says how to go on. A second Ctrl-C stops the
+    ranks at once (the agent terminates them), a third stops the agent.
+
+    Raises:
+        Interrupted: after a Ctrl-C, once torchrun has exited.
+    """
     import socket
 
     with socket.socket() as s:
@@ -234,6 +270,7 @@ def spawn(nproc: int, run_dir: Path) -> int:
         port = s.getsockname()[1]
     # the command's arguments travel in the environment: torchrun's own parser would take e.g. --nproc for its own
     env = {**os.environ, _RUN_DIR_ENV: str(run_dir), _ARGV_ENV: json.dumps(sys.argv[1:])}
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
     try:
         import torch
 
@@ -241,22 +278,59 @@ def spawn(nproc: int, run_dir: Path) -> int:
             env.setdefault("DS_ACCELERATOR", "cpu")
     except ImportError:
         pass
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={port}", "--no-python", sys.executable, "-c",
-           f"import json, os, sys; sys.argv[1:] = json.loads(os.environ['{_ARGV_ENV}']); "
-           "from curate.cli import main; main()"]
+    cmd = [sys.executable, "-c", _AGENT_MAIN, f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "--no-python", sys.executable, "-c", _RANK_MAIN]
     proc = subprocess.Popen(cmd, env=env)
     try:
         return proc.wait()
-    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the ranks too: each finishes its step, they save
-        try:                   # one checkpoint and exit; a second Ctrl-C stops them at once
-            proc.wait()
+    except KeyboardInterrupt:
+        _wait_interrupted(proc)
+    checkpoints = run_dir / "checkpoints"
+    if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
+        raise Interrupted(f"stopped before the ranks wrote a checkpoint ({checkpoints} is empty); start the "
+                          f"run again")
+    raise Interrupted(f"checkpoint in {checkpoints}; continue with `curate reweight --resume {run_dir} "
+                      f"--launcher deepspeed --nproc {nproc}`")
+
+
+def _wait_interrupted(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for torchrun after the Ctrl-C that reached it too (saying so after :data:`NOTICE_S`): through a second
+    Ctrl-C (the agent terminates the ranks), killing it at a third."""
+    presses = 1
+    timeout: float | None = NOTICE_S
+    while True:
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("waiting for the ranks to finish their step and save a checkpoint (Ctrl-C again to stop "
+                        "them at once)")
         except KeyboardInterrupt:
-            proc.kill()
-            proc.wait()
-        checkpoints = run_dir / "checkpoints"
-        if not checkpoints.is_dir() or not any(checkpoints.iterdir()):
-            raise Interrupted(f"stopped before the ranks wrote a checkpoint ({checkpoints} is empty); start the "
-                              f"run again") from None
-        raise Interrupted(f"checkpoint in {checkpoints}; continue with `curate reweight --resume {run_dir} "
-                          f"--launcher deepspeed --nproc {nproc}`") from None
+            presses += 1
+            if presses == 3:
+                proc.kill()
+                proc.wait()
+                return
+        timeout = None
+
+
+def run_agent() -> None:
+    """``python -m torch.distributed.run`` with the arguments of this process, but a Ctrl-C (or another signal
+    torchrun handles) ends it with exit code 128 + the signal's number and no traceback of its own, once it has
+    passed the signal on to the ranks and waited for them. The ranks' own output and any failure report are
+    torchrun's as ever."""
+    import signal
+
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.run import main
+
+    def not_a_note(record: logging.LogRecord) -> bool:
+        return not any(note in str(record.msg) for note in _AGENT_NOTES)
+
+    for name in ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api"):
+        logging.getLogger(name).addFilter(not_a_note)
+    try:
+        main(sys.argv[1:])
+    except SignalException as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the ranks are stopped; a further Ctrl-C changes nothing
+        sys.exit(128 + int(e.sigval))

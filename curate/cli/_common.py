@@ -59,13 +59,15 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Interrupted as e:
-            err.print(f"[yellow]interrupted:[/] {escape(str(e))}", highlight=False)
+            if not _rank_of_a_launched_job():
+                err.print(f"[yellow]interrupted:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(e.exit_code) from None
         except CurateError as e:  # escaped: "pip install 'curate[train]'" is not Rich markup
             err.print(f"[bold red]error:[/] {escape(_scrub(str(e)))}", highlight=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]")
+            if not _rank_of_a_launched_job():
+                err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
         except typer.Exit:
             raise
@@ -84,6 +86,15 @@ def guarded(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _rank_of_a_launched_job() -> bool:
+    """True on a rank that ``--launcher deepspeed`` started: the launching command says once how a Ctrl-C ended
+    the job and how to go on (with ``--nproc``), so the ranks stay quiet about it."""
+    from curate.launch import current_rank
+
+    rank = current_rank()
+    return rank.in_job and rank.run_dir is not None
 
 
 def _scrub(text: str) -> str:

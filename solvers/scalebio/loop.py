@@ -171,7 +171,7 @@ def fit(model: nn.Module, train: BatchSampler, val: BatchSampler, cfg: ScaleBiOC
         if resume:
             _restore(run, checkpoint_dir)  # type: ignore[arg-type]
             log.info("resumed ScaleBiO from %s at step %d", checkpoint_dir, run.step)
-        with _deferred_sigint() as interrupted:
+        with _deferred_sigint(announce=engine.writer) as interrupted:
             try:
                 while run.step < cfg.steps:
                     row = _advance(run, device, per_example_loss_fn, target_loss_fn)
@@ -292,11 +292,13 @@ def _save_on_interrupt(run: _Run, checkpoint_dir: str | os.PathLike[str] | None)
     if checkpoint_dir is None:
         return
     if run.in_step:
-        log.warning("interrupted inside step %d; kept the last periodic checkpoint in %s", run.step,
-                    checkpoint_dir)
+        if run.engine.writer:
+            log.warning("interrupted inside step %d; kept the last periodic checkpoint in %s", run.step,
+                        checkpoint_dir)
         return
     _save(run, checkpoint_dir)
-    log.warning("interrupted after step %d; checkpoint saved to %s", run.step, checkpoint_dir)
+    if run.engine.writer:
+        log.warning("interrupted after step %d; checkpoint saved to %s", run.step, checkpoint_dir)
 
 
 def _result(run: _Run) -> ScaleBiOResult:
@@ -353,14 +355,15 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 SIGINT_ECHO_S = 1.0
-"""A second SIGINT this soon after the first is the same Ctrl-C: under torchrun the terminal's SIGINT reaches every
-rank and the launcher forwards it again a moment later."""
+"""A second SIGINT this soon after the first is the same Ctrl-C: where a job's ranks share the terminal's process
+group, its SIGINT reaches every rank and the launcher forwards it again a moment later (torch 2.13's torchrun starts
+each rank in a session of its own, so there only the launcher's arrives)."""
 
 
 @contextlib.contextmanager
-def _deferred_sigint() -> Iterator[Callable[[], bool]]:
+def _deferred_sigint(announce: bool = True) -> Iterator[Callable[[], bool]]:
     """Turn the first Ctrl-C into a flag checked between steps; a second one (later than :data:`SIGINT_ECHO_S`)
-    raises at once."""
+    raises at once. ``announce``: say so when the first one comes (rank 0 of a job does, for every rank)."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield lambda: False
@@ -371,7 +374,7 @@ def _deferred_sigint() -> Iterator[Callable[[], bool]]:
         now = time.monotonic()
         if hits and now - hits[0] > SIGINT_ECHO_S:
             raise KeyboardInterrupt
-        if not hits:
+        if not hits and announce:
             log.warning("interrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort now)")
         hits.append(now)
 
