@@ -93,7 +93,7 @@ def reweight(
             return
     if job.launch.is_parent:  # start the ranks and wait for them
         raise typer.Exit(launch.spawn(job.launch.nproc, job.run.root))
-    quiet = quiet or not job.launch.rank.writer
+    quiet, json_logs = quiet or not job.launch.rank.writer, json_logs and job.launch.rank.writer  # rank 0 reports
     if job.files or job.target_file is not None:
         from curate.cli.ingest import report_table
 

@@ -155,8 +155,10 @@ def test_cli_launcher_matches_a_single_process_run(tmp_path):
     cli("reweight", *common, "--out", "single")
     (tmp_path / "ds.yaml").write_text("zero_optimization:\n  stage: 2\n  offload_optimizer: {device: cpu}\n")
     res = cli("reweight", "--launcher", "deepspeed", "--deepspeed-config", "ds.yaml", "--nproc", "2", *common,
-              "--out", "ds")
-    assert res.stdout.count("wrote ds") == 1  # only rank 0 reports and writes
+              "--out", "ds", "--json-logs")
+    assert res.stdout.count("wrote ds") == 1  # only rank 0 reports, writes and logs its steps
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    assert len([r for r in records if "step" in r and "level" not in r]) == 3, res.stderr[-3000:]
     single = json.loads((tmp_path / "single" / "weights.json").read_text())["sources"]
     ds = json.loads((tmp_path / "ds" / "weights.json").read_text())["sources"]
     assert ds == pytest.approx(single, abs=2e-5)
