@@ -21,6 +21,11 @@ changes activations only (the "above floor" column). ``scalebio_lisa_ds2_zero2``
 through ``solvers.distributed`` on 2 gloo ranks (CPU, half the threads each) and report the rank that peaked
 highest: its module parameters, and as "optim" its fp32 partitions plus AdamW moments. Not a test; RSS varies a
 little with the allocator.
+Peak RSS also counts freed memory that glibc keeps in its heap (once a large tensor is freed, glibc serves tensors
+up to 32 MiB from the heap and rarely hands that memory back): a ZeRO-3 rank, which gathers and releases every
+module's parameters each pass, keeps more of it than one process does. ``--malloc-mmap-threshold 131072`` sets
+glibc's ``MALLOC_MMAP_THRESHOLD_`` for every variant's processes alike, so freed tensors return to the system and
+the peak is that of the live memory.
 On a GPU (``--device cuda``, ``--bf16`` for autocast over fp32 weights) "peak" is ``torch.cuda.max_memory_allocated``
 and "floor" what the allocator held before the model was built (the batches); the breakdown is unchanged.
 """
@@ -75,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--child", choices=VARIANTS + tuple(DS_VARIANTS), help=argparse.SUPPRESS)
     ap.add_argument("--ds-out", help=argparse.SUPPRESS)  # a torchrun rank writes its numbers to DS_OUT.RANK
     ap.add_argument("--ds-config", default="", help="a DeepSpeed JSON config for the *_ds2_* rows (buckets, offload)")
+    ap.add_argument("--malloc-mmap-threshold", type=int, default=0, metavar="BYTES",
+                    help="glibc MALLOC_MMAP_THRESHOLD_ for every variant (e.g. 131072: peak RSS follows live memory)")
     args = ap.parse_args(argv)
     check_device_args(args)
     use_model_vocab(args)
@@ -209,7 +216,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"{describe_model(args, new_model(args))}; batch {args.batch} x {args.seq}; {args.steps} steps; "
         f"LISA gamma={args.lisa_layers} period {args.lisa_period}; LoRA r={args.lora_r}; {args.threads} threads; "
-        f"{args.device}{' bf16 autocast' if args.bf16 else ''}",
+        f"{args.device}{' bf16 autocast' if args.bf16 else ''}"
+        f"{f'; MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}' if args.malloc_mmap_threshold else ''}",
         "",
         f"{'variant':<20}{'params':>8}{'grads':>8}{'optim':>8}{'tensors':>9}{'x ft':>7}"
         f"{'peak RSS':>10}{'above floor':>13}{'x ft':>7}   (MiB)",
@@ -248,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
+    if args.malloc_mmap_threshold:  # inherited by every child and rank
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     results = {v: measure(args, v) for v in args.variants.split(",")}
     print(report(args, results))
     if args.json:

@@ -162,3 +162,20 @@ def test_cli_launcher_matches_a_single_process_run(tmp_path):
     single = json.loads((tmp_path / "single" / "weights.json").read_text())["sources"]
     ds = json.loads((tmp_path / "ds" / "weights.json").read_text())["sources"]
     assert ds == pytest.approx(single, abs=2e-5)
+
+
+def test_zero3_sizes_follow_the_model_unless_the_user_sets_them():
+    """Under ZeRO-3 the engine sizes DeepSpeed's buckets from the model's hidden size; a user's value, in either
+    of DeepSpeed's spellings, wins, and ZeRO-2 is left to DeepSpeed."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from solvers.distributed import engine_config, zero3_defaults
+
+    kw = {"micro_batch": 2, "world": 2, "grad_clip": 1.0, "hidden": 512}
+    got = engine_config(None, zero_stage=3, **kw)["zero_optimization"]
+    assert got == {"stage": 3, **zero3_defaults(512)} and got["reduce_bucket_size"] == 512**2
+    user = {"zero_optimization": {"stage": 3, "prefetch_bucket_size": 7, "stage3_max_reuse_distance": 8}}
+    parsed = DeepSpeedZeroConfig(**engine_config(user, **kw)["zero_optimization"])
+    assert (parsed.prefetch_bucket_size, parsed.max_reuse_distance, parsed.param_persistence_threshold) == (7, 8, 5120)
+    assert engine_config(None, zero_stage=2, **kw)["zero_optimization"] == {"stage": 2}
+    assert engine_config(None, zero_stage=3, **{**kw, "hidden": None})["zero_optimization"] == {"stage": 3}
