@@ -14,7 +14,12 @@ rows, rejects and ledger for a fraction of the work and with memory that does no
    their lines are read again and normalised by the general path's query, so each gets exactly the reason (or the
    kept values) the general path gives it.
 3. Duplicates (a repeat of an earlier row of the file, or of a stored row of the same source and split) are found
-   on the narrow key columns and deleted again inside the transaction.
+   on the narrow key columns and deleted again inside the transaction; in a file bigger than a row group, where a
+   delete makes the commit rewrite what it touches, a line that repeats an earlier line byte for byte is found on
+   the lines first and never inserted.
+
+Each file's insert runs on one thread: ``row_number() OVER ()``, which numbers the records, is a streaming window,
+and DuckDB runs the whole pipeline behind it in order (0.99 cores against 1.18 for the same insert unnumbered).
 
 ``origin_row`` is the record's position, which is its line number only when the file has no blank lines: the
 caller passes the line count it saw while hashing the file, and any mismatch (or a failed strict read) raises
