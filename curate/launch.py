@@ -50,6 +50,11 @@ class Rank:
         """Only rank 0 writes files, the database and the summary."""
         return self.rank == 0
 
+    @property
+    def launched(self) -> bool:
+        """A rank that ``--launcher`` started: the launching command reports how the job ended, once."""
+        return self.in_job and self.run_dir is not None
+
 
 def current_rank() -> Rank:
     """Read torchrun's environment once."""

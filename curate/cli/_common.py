@@ -89,12 +89,11 @@ def guarded(fn: F) -> F:
 
 
 def _rank_of_a_launched_job() -> bool:
-    """True on a rank that ``--launcher deepspeed`` started: the launching command says once how a Ctrl-C ended
-    the job and how to go on (with ``--nproc``), so the ranks stay quiet about it."""
+    """The launching command says once how a Ctrl-C ended the job and how to go on (with ``--nproc``), so the
+    ranks it started stay quiet about it."""
     from curate.launch import current_rank
 
-    rank = current_rank()
-    return rank.in_job and rank.run_dir is not None
+    return current_rank().launched
 
 
 def _scrub(text: str) -> str:

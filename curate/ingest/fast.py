@@ -297,13 +297,11 @@ def _line_twins(con: duckdb.DuckDBPyConnection, path: str, lines: int) -> int:
     The first read keeps only the 64-bit hashes that occur more than once (a few percent of the rows); the second
     compares the lines of those hashes as text, so a hash collision never makes two different lines twins.
     """
-    cap = min(line_cap(con), 2 * MAX_OBJECT_BYTES)
-    numbered = f"SELECT row_number() OVER () AS origin_row, line FROM {lines_relation(con, path, cap)}"
+    text = lines_relation(con, path, min(line_cap(con), 2 * MAX_OBJECT_BYTES))
     try:  # a line the reader refuses fails the transaction: the general path says what is wrong with it
         con.execute(f"""CREATE TEMP TABLE fast_line_hashes AS
                         SELECT hash(line) AS h, count(*) AS n, bool_or({blank('line')}) AS has_blank
-                        FROM {lines_relation(con, path, cap)} GROUP BY 1 HAVING count(*) > 1 OR bool_or({blank('line')})
-                     """)
+                        FROM {text} GROUP BY 1 HAVING count(*) > 1 OR bool_or({blank('line')})""")
     except (duckdb.InvalidInputException, duckdb.OutOfMemoryException, duckdb.IOException) as e:
         raise Unsuitable(str(e)) from None
     row = con.execute("SELECT count(*) FILTER (WHERE has_blank), coalesce(sum(n - 1), 0) FROM fast_line_hashes"
@@ -312,7 +310,8 @@ def _line_twins(con: duckdb.DuckDBPyConnection, path: str, lines: int) -> int:
         con.execute("DROP TABLE fast_line_hashes")
         return 0
     con.execute(f"""CREATE TEMP TABLE fast_line_twins AS SELECT origin_row, first_row FROM (
-                      SELECT origin_row, min(origin_row) OVER (PARTITION BY line) AS first_row FROM ({numbered})
+                      SELECT origin_row, min(origin_row) OVER (PARTITION BY line) AS first_row FROM (
+                        SELECT row_number() OVER () AS origin_row, line FROM {text})
                       WHERE hash(line) IN (SELECT h FROM fast_line_hashes))
                     WHERE origin_row <> first_row""")
     con.execute("DROP TABLE fast_line_hashes")
